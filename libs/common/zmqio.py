@@ -1,0 +1,142 @@
+"""ZeroMQ PUSH/PULL with high-water marks and counted drops.
+
+Every message is two frames: the protobuf full name of the payload (so a receiver can check what
+it got) and the serialized bytes. A sender whose peer stays full for `send_timeout_ms` drops the
+message and counts it in `mld_<service>_zmq_dropped_messages_total`; with `send_timeout_ms=-1` it
+blocks instead (back-pressure, used when replaying a file, where nothing should be lost).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TypeVar
+
+import zmq
+from google.protobuf.message import DecodeError, Message
+from pydantic import BaseModel, Field
+
+from libs.common.errors import ConfigError
+from libs.common.lifecycle import StopFlag
+from libs.common.metrics import transport_metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T", bound=Message)
+
+
+class SocketSettings(BaseModel, extra="forbid"):
+    """One endpoint: `bind` for the stable side (the receiver in this pipeline), `connect` otherwise."""
+
+    endpoint: str = Field(description="tcp://host:port or ipc:///path")
+    bind: bool = False
+    hwm: int = Field(10_000, ge=1, description="high-water mark in messages")
+    send_timeout_ms: int = Field(1000, ge=-1, description="-1 blocks when the peer is full")
+    linger_ms: int = Field(5000, ge=0, description="how long close() waits to flush queued messages")
+
+
+def _open(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, s: SocketSettings) -> zmq.Socket[bytes]:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, s.linger_ms)
+    if kind == zmq.PUSH:
+        sock.setsockopt(zmq.SNDHWM, s.hwm)
+        sock.setsockopt(zmq.SNDTIMEO, s.send_timeout_ms)
+    else:
+        sock.setsockopt(zmq.RCVHWM, s.hwm)
+    try:
+        if s.bind:
+            sock.bind(s.endpoint)
+        else:
+            sock.connect(s.endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise ConfigError(
+            f"cannot {'bind' if s.bind else 'connect'} {s.endpoint}: {exc}",
+            "endpoint",
+            "check the address, or stop the process that already holds the port",
+        ) from None
+    return sock
+
+
+class Pusher:
+    """A PUSH socket that sends protobuf messages and counts what it cannot deliver."""
+
+    def __init__(self, service: str, settings: SocketSettings, ctx: zmq.Context | None = None) -> None:  # type: ignore[type-arg]
+        self.settings = settings
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = _open(self.ctx, zmq.PUSH, settings)
+        self.metrics = transport_metrics(service)
+        self.endpoint = settings.endpoint
+
+    def send(self, msg: Message) -> bool:
+        """Send one message; False (and counted) when the peer stayed full past the timeout."""
+        frames = [msg.DESCRIPTOR.full_name.encode(), msg.SerializeToString()]
+        try:
+            self.sock.send_multipart(frames, copy=False)
+        except zmq.Again:
+            self.metrics.dropped.labels(self.endpoint, "hwm").inc()
+            return False
+        self.metrics.sent.labels(self.endpoint).inc()
+        return True
+
+    def close(self) -> None:
+        """Close, waiting up to linger_ms for queued messages to leave."""
+        self.sock.close(self.settings.linger_ms)
+
+
+class Puller:
+    """A PULL socket that yields decoded protobuf messages until a stop is requested."""
+
+    def __init__(
+        self,
+        service: str,
+        settings: SocketSettings,
+        types: dict[str, type[Message]],
+        ctx: zmq.Context | None = None,  # type: ignore[type-arg]
+    ) -> None:
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = _open(self.ctx, zmq.PULL, settings)
+        self.types = types
+        self.metrics = transport_metrics(service)
+        self.endpoint = settings.endpoint
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+
+    def recv(self, timeout_ms: int) -> Message | None:
+        """One message, or None after timeout_ms; undecodable messages are counted and skipped."""
+        if not self.poller.poll(timeout_ms):
+            return None
+        frames = self.sock.recv_multipart()
+        self.metrics.received.labels(self.endpoint).inc()
+        if len(frames) != 2:
+            self.metrics.decode_errors.labels(self.endpoint, "frames").inc()
+            log.warning("message with %d frames skipped (expected 2)", len(frames), extra={"endpoint": self.endpoint})
+            return None
+        type_name = frames[0].decode(errors="replace")
+        cls = self.types.get(type_name)
+        if cls is None:
+            self.metrics.decode_errors.labels(self.endpoint, "unknown_type").inc()
+            log.warning("message of unexpected type %r skipped", type_name, extra={"endpoint": self.endpoint})
+            return None
+        msg = cls()
+        try:
+            msg.ParseFromString(frames[1])
+        except DecodeError as exc:
+            self.metrics.decode_errors.labels(self.endpoint, "corrupt").inc()
+            log.warning("corrupt %s skipped: %s", type_name, exc, extra={"endpoint": self.endpoint})
+            return None
+        return msg
+
+    def messages(self, stop: StopFlag, poll_ms: int = 100) -> Iterator[Message]:
+        """Yield messages until `stop` is set, then drain what is already queued."""
+        while not stop.is_set():
+            msg = self.recv(poll_ms)
+            if msg is not None:
+                yield msg
+        while True:
+            msg = self.recv(0)
+            if msg is None:
+                break
+            yield msg
+
+    def close(self) -> None:
+        self.sock.close(0)
