@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import SHARED_PCAPS, is_root  # noqa: E402
+from helpers import SHARED_PCAPS, is_root
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["fixtures.etcd"]
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_PCAPS = Path(os.environ.get("MLD_SHARED_PCAPS", REPO.parent / "shared" / "data" / "pcaps"))
 
 
-def wait_for(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> T:
+def wait_for(
+    cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> T:
     """Poll `cond` until it returns a truthy value; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -26,7 +28,9 @@ def wait_for(cond: Callable[[], T], timeout: float = 10.0, interval: float = 0.0
         except AssertionError as exc:  # a condition may assert to say why it is not met yet
             last_exc = exc
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}" + (f": {last_exc}" if last_exc else ""))
+            raise AssertionError(
+                f"timed out after {timeout:.1f}s waiting for {what}" + (f": {last_exc}" if last_exc else "")
+            )
         time.sleep(interval)
 
 

@@ -68,7 +68,11 @@ def config_option(service: str) -> Callable[[F], F]:
 
 
 def add_config_commands(
-    group: click.Group, prog: str, service: str, model: type[M], loader: Callable[[Path | None], M] | None = None
+    group: click.Group,
+    prog: str,
+    service: str,
+    model: type[M],
+    loader: Callable[[Path | None], M] | None = None,
 ) -> None:
     """Attach `check-config` and `show-config` to a service's click group."""
     load = loader or (lambda path: load_settings(model, path))

@@ -62,9 +62,7 @@ def ip_bytes(text: str) -> bytes:
     return ipaddress.ip_address(text).packed
 
 
-def community_id(
-    src: bytes, dst: bytes, sport: int, dport: int, proto: int, seed: int = 0
-) -> str:
+def community_id(src: bytes, dst: bytes, sport: int, dport: int, proto: int, seed: int = 0) -> str:
     """Community ID v1 (https://github.com/corelight/community-id-spec) of a flow tuple."""
     icmp_pairs_v4 = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17, 10: 9, 9: 10}
     icmp_pairs_v6 = {128: 129, 129: 128, 133: 134, 134: 133, 135: 136, 136: 135, 130: 131, 131: 130}
@@ -97,7 +95,7 @@ def enum_name(enum: Any, value: int) -> str:
     name: str = enum.Name(value)
     prefix = enum.DESCRIPTOR.name
     upper = "".join("_" + c if c.isupper() and i else c for i, c in enumerate(prefix)).upper() + "_"
-    return name[len(upper):] if name.startswith(upper) else name
+    return name[len(upper) :] if name.startswith(upper) else name
 
 
 def enum_value(enum: Any, short: str) -> int:
@@ -108,9 +106,7 @@ def enum_value(enum: Any, short: str) -> int:
     raise ValueError(f"{short!r} is not a {enum.DESCRIPTOR.name}")
 
 
-FEATURE_NAMES: tuple[str, ...] = tuple(
-    f.name for f in flow_pb2.FlowFeatures.DESCRIPTOR.fields
-)
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in flow_pb2.FlowFeatures.DESCRIPTOR.fields)
 
 
 def features_dict(features: flow_pb2.FlowFeatures) -> dict[str, float | int]:
@@ -164,7 +160,12 @@ def event_to_dict(ev: detection_pb2.DetectionEvent) -> dict[str, Any]:
         "rules": list(ev.rules),
         "features": features_dict(ev.flow.features),
         "explanation": [
-            {"feature": c.feature, "value": c.value, "contribution": round(c.contribution, 6), "model": c.model}
+            {
+                "feature": c.feature,
+                "value": c.value,
+                "contribution": round(c.contribution, 6),
+                "model": c.model,
+            }
             for c in ev.explanation
         ],
         "flow": flow,
@@ -198,7 +199,5 @@ def config_change_to_dict(change: config_pb2.ConfigChange) -> dict[str, Any]:
         "new_revision": change.new_revision,
         "result": enum_name(config_pb2.ConfigResult, change.result),
         "error": change.error,
-        "diff": [
-            {"path": d.path, "old": d.old_json, "new": d.new_json, "hot": d.hot} for d in change.diff
-        ],
+        "diff": [{"path": d.path, "old": d.old_json, "new": d.new_json, "hot": d.hot} for d in change.diff],
     }

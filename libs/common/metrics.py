@@ -48,7 +48,9 @@ def transport_metrics(service: str) -> TransportMetrics:
                     ["endpoint", "reason"],
                 ),
                 decode_errors=Counter(
-                    f"mld_{name}_zmq_decode_errors", "Messages that could not be decoded", ["endpoint", "type"]
+                    f"mld_{name}_zmq_decode_errors",
+                    "Messages that could not be decoded",
+                    ["endpoint", "type"],
                 ),
             )
         return _transport[name]

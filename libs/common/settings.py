@@ -57,12 +57,16 @@ def load_settings(model: type[M], path: Path | str | None = None) -> M:
     except FileNotFoundError:
         raise ConfigError("settings file not found", str(p), "pass an existing file with --config") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read settings: {exc.strerror}", str(p), "check the path and permissions") from None
+        raise ConfigError(
+            f"cannot read settings: {exc.strerror}", str(p), "check the path and permissions"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
-            f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", str(p), "fix the JSON syntax"
+            f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            str(p),
+            "fix the JSON syntax",
         ) from None
     return validate_settings(model, data, str(p))
 
@@ -88,4 +92,4 @@ class ServiceSettings(BaseModel, extra="forbid"):
 
     node_id: str = Field(default_factory=default_node_id, min_length=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    metrics: MetricsSettings = MetricsSettings()
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)

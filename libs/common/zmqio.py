@@ -103,13 +103,22 @@ class Puller:
 
     def recv(self, timeout_ms: int) -> Message | None:
         """One message, or None after timeout_ms; undecodable messages are counted and skipped."""
-        if not self.poller.poll(timeout_ms):
-            return None
-        frames = self.sock.recv_multipart()
+        deadline_ms = timeout_ms
+        while True:
+            if not self.poller.poll(deadline_ms):
+                return None
+            msg = self._decode(self.sock.recv_multipart())
+            if msg is not None:
+                return msg
+            deadline_ms = 0  # a bad message was skipped: look for a good one already queued
+
+    def _decode(self, frames: list[bytes]) -> Message | None:
         self.metrics.received.labels(self.endpoint).inc()
         if len(frames) != 2:
             self.metrics.decode_errors.labels(self.endpoint, "frames").inc()
-            log.warning("message with %d frames skipped (expected 2)", len(frames), extra={"endpoint": self.endpoint})
+            log.warning(
+                "message with %d frames skipped (expected 2)", len(frames), extra={"endpoint": self.endpoint}
+            )
             return None
         type_name = frames[0].decode(errors="replace")
         cls = self.types.get(type_name)
@@ -132,10 +141,7 @@ class Puller:
             msg = self.recv(poll_ms)
             if msg is not None:
                 yield msg
-        while True:
-            msg = self.recv(0)
-            if msg is None:
-                break
+        while (msg := self.recv(0)) is not None:
             yield msg
 
     def close(self) -> None:
