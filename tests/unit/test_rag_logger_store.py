@@ -1,0 +1,205 @@
+"""ArtifactStore commits, start-up recovery, the daily .jsonl and `verify` (on a temp directory)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from services.rag_logger import layout
+from services.rag_logger.cli import main
+from services.rag_logger.errors import StorageError
+from services.rag_logger.layout import Record
+from services.rag_logger.store import ArtifactStore, recover
+from services.rag_logger.synth import make_config_change, make_event
+from services.rag_logger.verify import repair, verify
+
+T0 = int(datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp() * 1e9)
+DAY = "2026-03-01"
+
+
+def records(n: int, seed: int = 1, ts: int = T0) -> list[Record]:
+    rng = random.Random(seed)
+    return [layout.encode_event(make_event(ts + i * 1000, rng), ts + i * 1000) for i in range(n)]
+
+
+def new_store(root: Path, **kw: object) -> ArtifactStore:
+    st = ArtifactStore(str(root), lambda: T0, **kw)  # type: ignore[arg-type]
+    st.prepare()
+    return st
+
+
+@pytest.mark.unit
+def test_commit_writes_whole_pairs_and_jsonl_in_the_event_day(tmp_path: Path) -> None:
+    st = new_store(tmp_path, io_threads=4)
+    recs = records(40)
+    result = st.commit(recs)
+    st.append_jsonl(result.written)
+    st.close()
+    assert len(result.written) == 40 and result.nbytes == sum(r.size for r in recs)
+    names = sorted(os.listdir(tmp_path / DAY))
+    assert len(names) == 81 and f"events-{DAY}.jsonl" in names
+    assert not [n for n in names if layout.is_tmp(n)]
+    for r in recs:
+        assert (tmp_path / DAY / f"event_{r.rid}.pb").read_bytes() == r.pb
+        assert (tmp_path / DAY / f"event_{r.rid}.json").read_bytes() == r.js
+    lines = (tmp_path / DAY / f"events-{DAY}.jsonl").read_bytes().splitlines()
+    assert [json.loads(line)["event_id"] for line in lines] == [r.rid for r in recs]
+    rep = verify(tmp_path)
+    assert (rep.pairs_ok, rep.problems) == (40, [])
+
+
+@pytest.mark.unit
+def test_an_event_already_on_disk_is_not_rewritten(tmp_path: Path) -> None:
+    st = new_store(tmp_path)
+    recs = records(3)
+    st.commit(recs)
+    again = records(3)  # same seed: same ids (uuid7 differs) -> use the same ids explicitly
+    for a, r in zip(again, recs, strict=True):
+        a.rid = r.rid
+    result = st.commit([*again, records(1, seed=9)[0]])
+    assert len(result.duplicates) == 3 and len(result.written) == 1
+
+
+@pytest.mark.unit
+def test_failed_commit_leaves_no_temp_file_and_a_retry_writes_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = new_store(tmp_path, io_threads=4)
+    recs = records(64)
+    real = os.fdatasync
+    calls = {"n": 0}
+
+    def failing(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 50:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(StorageError) as info:
+        st.commit(recs)
+    assert info.value.reason == "disk_full" and "free space" in info.value.message
+    assert os.listdir(tmp_path / DAY) == []  # nothing partial, nothing renamed
+    result = st.commit(recs)  # the same records, as the writer retries them
+    assert len(result.written) == 64 and not result.duplicates
+    assert verify(tmp_path).pairs_ok == 64
+
+
+@pytest.mark.unit
+def test_recovery_removes_temp_files_and_completes_half_pairs(tmp_path: Path) -> None:
+    st = new_store(tmp_path)
+    recs = records(3)
+    st.commit(recs)
+    ddir = tmp_path / DAY
+    (ddir / layout.tmp_name(f"event_{recs[0].rid}.pb")).write_bytes(b"partial")
+    (ddir / f"event_{recs[1].rid}.json").unlink()  # crash between the .pb and .json renames
+    rep = verify(tmp_path)
+    assert [p.what for p in rep.problems] == ["half pair: the .json is missing"]
+    assert rep.notes and "temp file" in rep.notes[0]
+    rec = recover(str(tmp_path))
+    assert (rec.temp_files_removed, rec.pairs_repaired) == (1, 1)
+    assert (ddir / f"event_{recs[1].rid}.json").read_bytes() == recs[1].js
+    rep = verify(tmp_path)
+    assert (rep.pairs_ok, rep.problems, rep.notes) == (3, [], [])
+
+
+def _damage(root: Path) -> dict[str, Path]:
+    st = new_store(root)
+    recs = records(6)
+    st.commit([*recs, layout.encode_config(make_config_change(T0, "cfg1"), T0)])
+    d = root / DAY
+    paths = {
+        "corrupt_pb": d / f"event_{recs[0].rid}.pb",
+        "mismatch": d / f"event_{recs[1].rid}.json",
+        "bad_json": d / f"event_{recs[2].rid}.json",
+        "no_pb": d / f"event_{recs[3].rid}.pb",
+        "wrong_day": root / "2026-03-02",
+    }
+    paths["corrupt_pb"].write_bytes(b"\xff\xff\xff garbage")
+    doc = json.loads(paths["mismatch"].read_bytes())
+    doc["final_score"] = 0.01
+    paths["mismatch"].write_text(json.dumps(doc))
+    paths["bad_json"].write_text("{not json")
+    paths["no_pb"].unlink()
+    paths["wrong_day"].mkdir()
+    for ext in ("pb", "json"):
+        os.rename(d / f"event_{recs[4].rid}.{ext}", paths["wrong_day"] / f"event_{recs[4].rid}.{ext}")
+    return paths
+
+
+@pytest.mark.unit
+def test_verify_lists_every_kind_of_damage(tmp_path: Path) -> None:
+    _damage(tmp_path)
+    rep = verify(tmp_path)
+    whats = sorted(p.what.split(":")[0] for p in rep.problems)
+    assert whats == [
+        "half pair",
+        "the .json disagrees with the .pb in",
+        "the .json does not parse",
+        "the .pb does not parse",
+        "the event's day is 2026-03-01, but it is in 2026-03-02/",
+    ]
+    assert rep.pairs_ok == 2 and rep.configs == 1  # one good event, one config change
+    assert all(p.fix for p in rep.problems)
+
+
+@pytest.mark.unit
+def test_verify_cli_exit_codes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    good = tmp_path / "good"
+    new_store(good).commit(records(5))
+    res = runner.invoke(main, ["verify", str(good)])
+    assert res.exit_code == 0 and "5 pairs ok (5 events, 0 config changes), 0 problems" in res.output
+    res = runner.invoke(main, ["verify", str(good / DAY), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["pairs_ok"] == 5
+    bad = tmp_path / "bad"
+    _damage(bad)
+    res = runner.invoke(main, ["verify", str(bad)])
+    assert res.exit_code == 1 and res.output.count("problem: ") == 5 and "fix:" in res.output
+    res = runner.invoke(main, ["verify", str(tmp_path / "missing")])
+    assert res.exit_code == 1 and "directory not found" in res.output
+
+
+@pytest.mark.unit
+def test_verify_repair_completes_a_half_pair(tmp_path: Path) -> None:
+    recs = records(2)
+    new_store(tmp_path).commit(recs)
+    (tmp_path / DAY / f"event_{recs[0].rid}.json").unlink()
+    res = CliRunner().invoke(main, ["verify", "--repair", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "1 pairs completed" in res.output and "2 pairs ok" in res.output
+    assert repair(tmp_path).pairs_repaired == 0
+
+
+@pytest.mark.unit
+def test_jsonl_failure_is_counted_and_leaves_no_half_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = new_store(tmp_path)
+    first = st.commit(records(2, seed=1)).written
+    assert st.append_jsonl(first) == 0
+    real_write = os.write
+
+    def short_then_fail(fd: int, data: memoryview | bytes) -> int:
+        if len(data) > 100 and fd in st._jsonl.values():
+            real_write(fd, bytes(data[:50]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", short_then_fail)
+    second = st.commit(records(2, seed=2)).written  # artifact fds are not .jsonl fds: written in full
+    assert st.append_jsonl(second) == 1
+    monkeypatch.undo()
+    third = st.commit(records(2, seed=3)).written
+    assert st.append_jsonl(third) == 0
+    st.close()
+    lines = (tmp_path / DAY / f"events-{DAY}.jsonl").read_bytes().splitlines()
+    ids = [json.loads(line)["event_id"] for line in lines]
+    assert ids == [r.rid for r in first + third]
