@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import struct
 import sys
 import tempfile
@@ -33,9 +34,10 @@ from services.sniffer.pcapfile import read_capture  # noqa: E402
 SHARED = Path(os.environ.get("MLD_SHARED_PCAPS", REPO.parent / "shared" / "data" / "pcaps"))
 
 
-def build_pcap(out: Path, copies: int) -> tuple[int, int]:
-    """Write the shared captures `copies` times into one microsecond pcap; returns (packets, bytes)."""
-    caps = [read_capture(p) for p in sorted(SHARED.glob("*.pcap*"))]
+def build_pcap(out: Path, copies: int, names: list[str] | None = None) -> tuple[int, int]:
+    """Write the shared captures (all, or `names`) `copies` times into one microsecond pcap;
+    returns (packets, bytes)."""
+    caps = [read_capture(p) for p in sorted(SHARED.glob("*.pcap*")) if not names or p.name in names]
     if not caps:
         raise SystemExit(f"no captures in {SHARED} (set MLD_SHARED_PCAPS)")
     packets = 0
@@ -60,21 +62,29 @@ def build_pcap(out: Path, copies: int) -> tuple[int, int]:
     return packets, out.stat().st_size
 
 
-def run_ours(path: Path) -> tuple[float, int, int, int]:
-    """(seconds, packets read, flows, packets inside flows)."""
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    """CPU seconds of this process and its reaped children (NFStream meters run as children)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_ours(path: Path) -> tuple[float, float, int, int, int]:
+    """(wall s, cpu s, packets read, flows, packets inside flows)."""
+    c0, t0 = _cpu(), time.perf_counter()
     res = extract_flows([path])
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, _cpu() - c0
     if res.error:
         raise SystemExit(f"sniffer failed: {res.error.message}")
     in_flows = sum(r.features.bidirectional_packets for r in res.records)
-    return dt, int(res.stats["packets"]), len(res.records), in_flows
+    return dt, cpu, int(res.stats["packets"]), len(res.records), in_flows
 
 
-def run_nfstream(path: Path) -> tuple[float, int, int]:
+def run_nfstream(path: Path) -> tuple[float, float, int, int]:
+    """(wall s, cpu s, packets inside flows, flows)."""
     from nfstream import NFStreamer
 
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(), time.perf_counter()
     flows = 0
     packets = 0
     streamer = NFStreamer(
@@ -83,41 +93,48 @@ def run_nfstream(path: Path) -> tuple[float, int, int]:
     for flow in streamer:
         flows += 1
         packets += flow.bidirectional_packets
-    return time.perf_counter() - t0, packets, flows
+    return time.perf_counter() - t0, _cpu() - c0, packets, flows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small input, one repetition (< 1 minute)")
+    ap.add_argument("--quick", action="store_true", help="small input, two repetitions (< 1 minute)")
     ap.add_argument(
         "--copies", type=int, default=None, help="copies of the shared captures (default 60, quick 8)"
     )
     ap.add_argument(
         "--repeat", type=int, default=None, help="runs of each tool; the best is kept (default 3)"
     )
+    ap.add_argument(
+        "--captures", default="", help="comma-separated shared capture names to use (default: all ten)"
+    )
     args = ap.parse_args()
+    names = [x for x in args.captures.split(",") if x]
     copies = args.copies or (8 if args.quick else 60)
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = args.repeat or (2 if args.quick else 3)
     try:
         import nfstream  # noqa: F401
     except ImportError:
         raise SystemExit("nfstream is not installed: .venv/bin/pip install -e '.[bench]'") from None
     with tempfile.TemporaryDirectory(prefix="mld-bench-flows-") as tmp:
         path = Path(tmp) / "mixed.pcap"
-        n_packets, n_bytes = build_pcap(path, copies)
-        print(f"input: {n_packets} packets, {n_bytes / 1e6:.1f} MB ({copies} copies of {SHARED})")
-        ours = [run_ours(path) for _ in range(repeat)]
-        theirs = [run_nfstream(path) for _ in range(repeat)]
-    best_ours = min(ours)
-    best_theirs = min(theirs)
-    _, our_packets, our_flows, our_flow_packets = best_ours
-    _, nf_packets, nf_flows = best_theirs
-    pps = n_packets / best_ours[0]
-    nf_pps = n_packets / best_theirs[0]
-    print(f"sniffer pcap path: {best_ours[0]:.3f} s, {pps:,.0f} packets/s, {our_flows} flows")
-    print(f"nfstream         : {best_theirs[0]:.3f} s, {nf_pps:,.0f} packets/s, {nf_flows} flows")
+        n_packets, n_bytes = build_pcap(path, copies, names)
+        what = ", ".join(names) if names else str(SHARED)
+        print(f"input: {n_packets} packets, {n_bytes / 1e6:.1f} MB ({copies} copies of {what})")
+        ours, theirs = [], []
+        for _ in range(repeat):  # interleaved, so both see the same load on a shared host
+            ours.append(run_ours(path))
+            theirs.append(run_nfstream(path))
+    wall, cpu, our_packets, our_flows, our_flow_packets = min(ours)
+    nf_wall, nf_cpu, nf_packets, nf_flows = min(theirs)
+    pps = n_packets / wall
+    nf_pps = n_packets / nf_wall
+    print(f"sniffer pcap path: {wall:.3f} s ({cpu:.3f} s CPU), {pps:,.0f} packets/s, {our_flows} flows")
+    print(
+        f"nfstream         : {nf_wall:.3f} s ({nf_cpu:.3f} s CPU), {nf_pps:,.0f} packets/s, {nf_flows} flows"
+    )
     agree = our_flows == nf_flows and our_packets == n_packets and nf_packets == our_flow_packets
-    print(f"ratio: {pps / nf_pps:.2f}x NFStream; counts agree: {agree}")
+    print(f"ratio: {pps / nf_pps:.2f}x NFStream (CPU time: {nf_cpu / cpu:.2f}x); counts agree: {agree}")
     print(
         json.dumps(
             {
@@ -126,11 +143,14 @@ def main() -> int:
                 "flows": our_flows,
                 "nfstream_flows": nf_flows,
                 "counts_agree": agree,
-                "seconds": round(best_ours[0], 4),
-                "nfstream_seconds": round(best_theirs[0], 4),
+                "seconds": round(wall, 4),
+                "cpu_seconds": round(cpu, 4),
+                "nfstream_seconds": round(nf_wall, 4),
+                "nfstream_cpu_seconds": round(nf_cpu, 4),
                 "packets_per_s": round(pps, 1),
                 "nfstream_packets_per_s": round(nf_pps, 1),
                 "ratio_vs_nfstream": round(pps / nf_pps, 3),
+                "cpu_ratio_vs_nfstream": round(nf_cpu / cpu, 3),
             }
         )
     )

@@ -441,6 +441,37 @@ RAG_LOGGER: list[Panel] = [
 
 CONFIG: list[Panel] = [
     Panel(
+        "Configuration reloads",
+        [
+            Q(
+                f'sum by (service, result) (increase({{__name__=~"mld_.+_config_reloads_total"}}[{R}]))',
+                "{{service}} {{result}}",
+            )
+        ],
+        description="etcd documents each service handled: applied, rejected (last good kept), rolled_back.",
+    ),
+    Panel(
+        "Configuration revision",
+        [Q('max by (service) ({__name__=~"mld_.+_config_revision"})', "{{service}}")],
+        description="etcd revision each service runs; after an edit every line should step up together.",
+    ),
+    Panel(
+        "Configuration source and etcd watch",
+        [
+            Q(
+                'max by (service, source) ({__name__=~"mld_.+_config_source"}) == 1',
+                "{{service}} from {{source}}",
+            ),
+            Q('min by (service) ({__name__=~"mld_.+_etcd_connected"})', "{{service}} watch connected"),
+            Q(
+                'max by (service) ({__name__=~"mld_.+_config_pending_restart_fields"})',
+                "{{service}} fields waiting for a restart",
+            ),
+        ],
+        description="Where the running configuration came from (etcd, cache, file, defaults), whether the "
+        "etcd watch is connected, and restart-required changes not applied yet.",
+    ),
+    Panel(
         "etcd",
         [
             Q("max(etcd_server_has_leader)", "has leader"),

@@ -136,11 +136,7 @@ def up(
         _print_status(lab_from_options(lab.lab_dir, "default"))
         return
     if mode == "live":
-        click.echo(
-            "mld-lab: error: live mode (network namespaces, XDP) is not available yet; use --mode replay",
-            err=True,
-        )
-        sys.exit(2)
+        sys.exit(_up_live(lab, artifacts_dir, ports, timeout_s))
     chosen = [p.resolve() for p in pcaps] or default_pcaps()
     if not chosen:
         click.echo(
@@ -178,6 +174,27 @@ def up(
         click.echo(f"mld-lab: error: {err}", err=True)
         sys.exit(1)
     _print_where(lab)
+
+
+def _up_live(lab: LabSettings, artifacts_dir: Path | None, ports: str, timeout_s: float) -> int:
+    """Live mode (libs/lab/live.py): namespaces, XDP, real traffic and blocking; needs root."""
+    from libs.lab import live
+
+    update: dict[str, Any] = {"venv_bin": Path(sys.executable).parent}
+    if artifacts_dir:
+        update["artifacts_dir"] = artifacts_dir.resolve()
+    if ports == "auto":
+        update["ports"] = free_ports()
+    try:
+        lab = live.start(lab.model_copy(update=update), timeout_s)
+    except ConfigError as err:
+        click.echo(f"mld-lab: error: {err.message}", err=True)
+        return 2
+    except (live.LiveError, control.LabError) as err:
+        click.echo(f"mld-lab: error: {err}", err=True)
+        return 1
+    live.print_where(lab)
+    return 0
 
 
 def _print_where(lab: LabSettings) -> None:
@@ -233,6 +250,13 @@ def down(lab_dir: Path | None) -> None:
     killed = control.shutdown(lab)
     if killed:
         click.echo(f"killed leftover processes: {killed}")
+    from libs.lab import live
+
+    gone = live.teardown(lab)  # live mode; also after a crash (found by name)
+    if gone["namespaces"]:
+        click.echo(f"removed namespaces: {', '.join(gone['namespaces'])}")
+    if gone["killed"]:
+        click.echo(f"killed leftover processes in them: {gone['killed']}")
     click.echo("lab stopped")
 
 
@@ -252,6 +276,14 @@ def logs(service: str | None, follow: bool, lines: int, lab_dir: Path | None) ->
     args = ["tail", f"-n{lines}", *(["-F"] if follow else []), *map(str, files)]
     subprocess.run(args, check=False)
 
+
+def _add_attack() -> None:
+    from libs.lab.attacks import attack
+
+    main.add_command(attack)
+
+
+_add_attack()
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ on a commit, so a failed transaction leaves it equal to the kernel.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from collections import OrderedDict
@@ -154,6 +155,8 @@ class Planner:
             self._remember(net, ban.offences, now)
             ban = None
         if ban is not None and ban.expires_at > now and pending is None:
+            if math.isinf(ban.timeout_s):
+                return "deduplicated"  # a permanent element (added by hand without a timeout)
             elapsed = ban.timeout_s - (ban.expires_at - now)
             if elapsed < self.policy.refresh_min_s:
                 return "deduplicated"

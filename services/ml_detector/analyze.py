@@ -43,6 +43,9 @@ def analyze(
     from services.sniffer.config import SnifferSettings
     from services.sniffer.flows import extract_flows
 
+    # offline there is no latency budget: explain every kept event (the service caps it per batch)
+    explain = settings.explain.model_copy(update={"max_per_batch": settings.batch.max_flows})
+    settings = settings.model_copy(update={"explain": explain})
     detector = Detector(settings, load_model_set(settings))  # models first: a bad model fails fast
     sniffer = SnifferSettings()
     ex = extract_flows(list(paths), sniffer)

@@ -124,7 +124,7 @@ class RagService:
         start_metrics_server(s.metrics.host, s.metrics.port)
         self.core.embedder()  # load the model now, so the first question is not slow
         t0 = time.perf_counter()
-        report = self.core.catch_up()
+        report = self.core.catch_up(should_stop=self.stop.is_set)
         self._account(report, time.perf_counter() - t0)
         log.info(
             "caught up on the artifacts",
@@ -142,7 +142,7 @@ class RagService:
         try:
             while not self.stop.is_set():
                 t0 = time.perf_counter()
-                report = self.core.follower.poll()
+                report = self.core.follower.poll(should_stop=self.stop.is_set)
                 self._account(report, time.perf_counter() - t0)
                 if report.added:
                     self._refresh_gauges()

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from services.rag.config import RagSettings
@@ -75,9 +76,11 @@ class RagCore:
                 "set index.dir to a writable directory",
             ) from None
 
-    def catch_up(self, now_ns: int | None = None) -> IngestReport:
+    def catch_up(
+        self, now_ns: int | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> IngestReport:
         """Ingest every complete pair not in the index yet, then snapshot FAISS."""
-        report = self.follower.poll(now_ns)
+        report = self.follower.poll(now_ns, should_stop)
         if report.added or self.store.dirty:
             self.store.save()
         return report

@@ -53,7 +53,7 @@ class Engine:
             return self._embedder
 
     def _limit(self, limit: int | None) -> int:
-        n = limit or self.default_limit
+        n = self.default_limit if limit is None else limit
         if n < 1 or n > self.max_limit:
             raise QueryError(
                 f"limit {n} out of range", "--limit", f"use 1..{self.max_limit} (query.max_limit)"
@@ -111,7 +111,7 @@ class Engine:
         t0 = time.perf_counter()
         now = now_ns if now_ns is not None else time.time_ns()
         pq: ParsedQuery = parse_question(question, now, self.vocab, self.store.attack_types())
-        n = self._limit(limit or pq.limit)
+        n = self._limit(limit if limit is not None else pq.limit)
         hits = self._rank(pq.filters, pq.semantic, pq.order, n)
         return {
             "question": question,

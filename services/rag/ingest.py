@@ -153,8 +153,8 @@ class ArtifactFollower:
             self.dir_mtimes[name] = m
         return [p for p, _n, _m in out]
 
-    def poll(self, now_ns: int | None = None) -> IngestReport:
-        """One pass: ingest every complete pair not seen yet."""
+    def poll(self, now_ns: int | None = None, should_stop: Callable[[], bool] | None = None) -> IngestReport:
+        """One pass: ingest every complete pair not seen yet (a long catch-up ends early on a stop)."""
         report = IngestReport()
         batch: list[NewEvent] = []
         for day in self._changed_dirs():
@@ -180,6 +180,10 @@ class ArtifactFollower:
                 if len(batch) >= self.batch_events:
                     self._flush(batch, report)
                     batch = []
+                    if should_stop is not None and should_stop():
+                        # What is not flushed stays unrecorded and is read again on the next start.
+                        self.dir_mtimes.clear()
+                        return report
         self._flush(batch, report)
         return report
 

@@ -31,6 +31,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from services.rag.columns import Columns
 from services.rag.embedder import DIM
 from services.rag.filters import Filters, ip_key, where_sql
 
@@ -132,9 +133,11 @@ class EventStore:
         self.lock = threading.RLock()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db = self._open_db()
-        self._attack_types = {
-            r[0] for r in self.db.execute("SELECT DISTINCT attack_type FROM events") if r[0]
-        }
+        self.cols = Columns()
+        cur = self.db.execute(f"SELECT {_COLS_SQL} FROM events ORDER BY rowid")
+        while rows := cur.fetchmany(20_000):
+            self.cols.append(rows)
+        self._attack_types = {a for a in self.cols.codes["attack_type"] if a}
         self.index: Any = None
         self.kind = "flat"
         self.dirty = False
@@ -262,6 +265,7 @@ class EventStore:
                     have[h] = cur.lastrowid
                     new_ids.append(cur.lastrowid)
                 added = 0
+                new_rows: list[tuple[Any, ...]] = []
                 for e, h in zip(events, hashes, strict=True):
                     d = e.doc
                     cur = self.db.execute(
@@ -294,7 +298,29 @@ class EventStore:
                             have[h],
                         ),
                     )
-                    added += cur.rowcount
+                    if cur.rowcount == 1:
+                        added += 1
+                        new_rows.append(
+                            (
+                                cur.lastrowid,
+                                d["_ts_ns"],
+                                d["fast_score"],
+                                d["ml_score"],
+                                d["final_score"],
+                                d["divergence"],
+                                d["src_port"],
+                                d["dst_port"],
+                                d["protocol"],
+                                d["classification"],
+                                d["verdict"],
+                                d["decision"],
+                                d.get("attack_type", ""),
+                                bool(d.get("rag_required")),
+                                _key(d["src_ip"]),
+                                _key(d["dst_ip"]),
+                                have[h],
+                            )
+                        )
                     if d.get("attack_type"):
                         self._attack_types.add(str(d["attack_type"]))
                 self.db.executemany(
@@ -312,6 +338,7 @@ class EventStore:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+            self.cols.append(new_rows)
             if new_ids:
                 self.index.add_with_ids(np.asarray(vecs, dtype=np.float32), np.array(new_ids, dtype=np.int64))
                 self.dirty = True
@@ -390,15 +417,24 @@ class EventStore:
         with self.lock:
             return set(self._attack_types)
 
+    def _mask(self, f: Filters, exclude: int | None = None) -> np.ndarray:
+        m = self.cols.mask(f)
+        if f.rules:  # rare (not produced by the parser): ask SQLite, then intersect
+            where, params = where_sql(Filters(rules=f.rules))
+            ids = [r[0] for r in self.db.execute(f"SELECT rowid FROM events {where}", params)]
+            m &= np.isin(self.cols.arrays()["rowid"], np.asarray(ids, dtype=np.int64))
+        if exclude is not None:
+            m &= self.cols.arrays()["rowid"] != exclude
+        return m
+
     def filter_rowids(self, f: Filters, order: str = "severity", limit: int | None = None) -> np.ndarray:
-        where, params = where_sql(f)
-        order_sql = _ORDER[order]
-        sql = f"SELECT rowid FROM events {where} ORDER BY {order_sql}" + (
-            f" LIMIT {int(limit)}" if limit else ""
-        )
+        """Row ids of the events meeting `f`, in `order` (severity, divergence, recent, oldest)."""
+        if order not in _ORDER:
+            raise ValueError(f"unknown order {order!r}")
         with self.lock:
-            rows = self.db.execute(sql, params).fetchall()
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            m = self._mask(f)
+            rowids, _ = self.cols.top(m, order, limit or int(m.sum()) or 1)
+        return rowids
 
     def rows(self, rowids: Sequence[int]) -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}
@@ -450,41 +486,25 @@ class EventStore:
         exclude: int | None = None,
         min_similarity: float = -1.0,
         max_texts: int = 4096,
-        small: int = 1000,
     ) -> list[tuple[int, float]]:
-        """Events meeting `f`, by (similarity of their text, rounded to 3 places) then severity, recency.
-
-        Small filtered sets (<= `small` events) are ranked whole; otherwise texts are visited best
-        first and each gives its most severe matching events, until `limit` events are certain.
-        """
-        sims = {t: s for t, s in self.rank_texts(qvec, max_texts) if s >= min_similarity}
-        where, params = where_sql(f)
-        extra = " AND rowid != ?" if exclude is not None else ""
-        xparams = [exclude] if exclude is not None else []
-
-        def key(r: tuple[int, int, float, int]) -> tuple[float, float, int]:
-            return (-round(sims[r[1]], 3), -r[2], -r[3])
-
+        """Events meeting `f`, by similarity of their text (rounded to 3 places), then severity, recency."""
+        ranked = self.rank_texts(qvec, max_texts)
         with self.lock:
-            if where:
-                rows = self.db.execute(
-                    f"SELECT rowid, text_id, final_score, ts_ns FROM events {where}{extra} LIMIT {small + 1}",
-                    params + xparams,
-                ).fetchall()
-                if len(rows) <= small:
-                    ranked = sorted((r for r in rows if r[1] in sims), key=key)[:limit]
-                    return [(r[0], sims[r[1]]) for r in ranked]
-            cond = (where + " AND" if where else "WHERE") + " text_id = ?" + extra
-            sql = f"SELECT rowid, text_id, final_score, ts_ns FROM events {cond} ORDER BY final_score DESC, ts_ns DESC LIMIT ?"
-            got: list[tuple[int, int, float, int]] = []
-            for tid, s in sorted(sims.items(), key=lambda ts: -ts[1]):
-                if len(got) >= limit and round(s, 3) < round(sims[sorted(got, key=key)[limit - 1][1]], 3):
-                    break
-                got.extend(self.db.execute(sql, [*params, tid, *xparams, limit]).fetchall())
-        ranked = sorted(got, key=key)[:limit]
-        return [(r[0], sims[r[1]]) for r in ranked]
+            a = self.cols.arrays()
+            if not ranked or len(a["rowid"]) == 0:
+                return []
+            tsim = np.full(int(max(a["text_id"].max(), max(t for t, _ in ranked))) + 1, -np.inf)
+            for tid, sim in ranked:
+                if sim >= min_similarity:
+                    tsim[tid] = sim
+            rowids, sims = self.cols.top(self._mask(f, exclude), "similarity", limit, tsim[a["text_id"]])
+        return [(int(r), float(x)) for r, x in zip(rowids, sims, strict=True)]
 
 
+_COLS_SQL = (
+    "rowid, ts_ns, fast_score, ml_score, final_score, divergence, src_port, dst_port, protocol, classification,"
+    " verdict, decision, attack_type, rag_required, src_key, dst_key, text_id"
+)
 _ORDER = {
     "severity": "final_score DESC, divergence DESC, ts_ns DESC",
     "divergence": "divergence DESC, ts_ns DESC",

@@ -66,6 +66,8 @@ class LoggerCore:
         self.blocked_reason = ""
         self._blocked_since = 0.0
         self.unwritten = 0
+        self._refused = 0
+        self._refused_log_at = 0.0
         m.QUEUE_CAPACITY.set(self.capacity)
         m.QUEUE_DEPTH.set(0)
         m.BLOCKED.set(0)
@@ -89,29 +91,35 @@ class LoggerCore:
         now = self.clock()
         try:
             if isinstance(msg, detection_pb2.DetectionEvent):
-                m.RECEIVED.labels("detection").inc()
+                m.RECEIVED_DETECTION.inc()
                 reason = keep_reason(msg, self._settings.keep)
                 if reason is None:
                     m.NOT_KEPT.inc()
                     return False
-                m.KEPT.labels(reason).inc()
+                m.KEPT_BY_REASON[reason].inc()
                 rec = layout.encode_event(msg, now)
             elif isinstance(msg, config_pb2.ConfigChange):
-                m.RECEIVED.labels("config").inc()
+                m.RECEIVED_CONFIG.inc()
                 rec = layout.encode_config(msg, now)
             else:
                 m.RECEIVED.labels("other").inc()
                 raise ValueError(f"unexpected message type {msg.DESCRIPTOR.full_name}")
         except ValueError as exc:
             m.DROPPED.labels("invalid").inc()
-            log.warning(
-                "message refused: %s",
-                exc,
-                extra={
-                    "type": msg.DESCRIPTOR.full_name,
-                    "fix": "the sender must set a file-safe id and finite scores",
-                },
-            )
+            self._refused += 1
+            t = time.monotonic()
+            if t >= self._refused_log_at:  # at most one line per second, with the count since the last
+                self._refused_log_at = t + 1.0
+                log.warning(
+                    "message refused: %s",
+                    exc,
+                    extra={
+                        "type": msg.DESCRIPTOR.full_name,
+                        "refused_since_last_log": self._refused,
+                        "fix": "the sender must set a file-safe id and finite scores",
+                    },
+                )
+                self._refused = 0
             return False
         return self.enqueue(rec)
 
@@ -230,9 +238,12 @@ class LoggerCore:
         m.COMMIT_LATENCY.observe(latency)
         m.BATCH.observe(len(result.written))
         m.BYTES.inc(result.nbytes)
+        configs = 0
         for r in result.written:
-            m.WRITTEN.labels(r.kind).inc()
+            configs += r.kind == "config"
             m.EVENT_LATENCY.observe(now - r.accepted)
+        m.WRITTEN_EVENT.inc(len(result.written) - configs)
+        m.WRITTEN_CONFIG.inc(configs)
         if result.duplicates:
             m.DROPPED.labels("duplicate").inc(len(result.duplicates))
             log.info("%d records already on disk were not rewritten", len(result.duplicates))

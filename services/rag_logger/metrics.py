@@ -59,3 +59,10 @@ JSONL_ERRORS = Counter(P + "jsonl_errors", "Failed appends to the daily .jsonl")
 ROTATIONS = Counter(P + "rotations", "Day changes seen by the writer")
 TEMP_REMOVED = Counter(P + "temp_files_removed", "Leftover temp files removed at start")
 PAIRS_REPAIRED = Counter(P + "pairs_repaired", "Half pairs completed at start")
+
+# Label children used per event, bound once (a labels() lookup per event costs more than the inc).
+RECEIVED_DETECTION = RECEIVED.labels("detection")
+RECEIVED_CONFIG = RECEIVED.labels("config")
+KEPT_BY_REASON = {r: KEPT.labels(r) for r in ("all", "rag_required", "final", "divergence")}
+WRITTEN_EVENT = WRITTEN.labels("event")
+WRITTEN_CONFIG = WRITTEN.labels("config")

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 
+import zmq
 from ml_defender.v1 import flow_pb2
 
 from libs.common.cli import package_version
@@ -48,6 +49,7 @@ class SnifferApp:
         self._last_stats: dict[str, int] = {}
         self._fired_seen: dict[str, int] = {}
         self.done = threading.Event()  # set when the source has nothing more to give
+        self._no_consumer = False  # stopping with nobody reading: remaining batches are dropped
 
     def update_settings(self, new: SnifferSettings) -> list[str]:
         """Apply a new settings object if every changed field is hot; returns the changed paths."""
@@ -88,8 +90,8 @@ class SnifferApp:
         try:
             for recs in source.batches(self.stop):
                 pending.extend(recs)
+                self._update_metrics(source)  # first: counts stay live while a send waits
                 last_send = self._send_ready(pusher, pending, last_send, force=False)
-                self._update_metrics(source)
             self._send_ready(pusher, pending, last_send, force=True)
             self._update_metrics(source)
             self.done.set()
@@ -129,7 +131,7 @@ class SnifferApp:
             flows=flows, fast=fast, node_id=self.settings.node_id, sequence=self._sequence, sent_ns=now
         )
         m = self.metrics
-        if pusher.send(batch):
+        if self._wait_writable(pusher) and pusher.send(batch):
             m.batches_sent.inc()
         else:
             m.batches_dropped.inc()
@@ -143,6 +145,20 @@ class SnifferApp:
                 m.fast_rules_fired.labels(rule).inc(delta)
                 self._fired_seen[rule] = count
         m.fast_sources.set(len(self.detector))
+
+    def _wait_writable(self, pusher: Pusher) -> bool:
+        """Back-pressure without hanging: wait for room while running; once a stop is requested,
+        wait at most the socket's linger for a consumer, then give the batch up (counted)."""
+        if pusher.settings.send_timeout_ms != -1:
+            return True  # the socket's own timeout decides, and Pusher counts the drop
+        waited_ms = 0
+        while not pusher.sock.poll(0 if self._no_consumer else 200, zmq.POLLOUT):
+            if self.stop.is_set():
+                waited_ms += 200
+                if self._no_consumer or waited_ms >= pusher.settings.linger_ms:
+                    self._no_consumer = True  # the rest of the drain does not wait again
+                    return False
+        return True
 
     def _update_metrics(self, source: FlowSource) -> None:
         st = source.stats()

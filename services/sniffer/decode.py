@@ -15,6 +15,7 @@ Conventions shared with the XDP and AF_PACKET paths (DESIGN.md section 4):
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +91,7 @@ def frames_to_buffer(frames: list[bytes] | tuple[bytes, ...]) -> tuple[bytes, I6
 
 
 def decode(
-    data: bytes | bytearray | memoryview,
+    data: bytes | bytearray | memoryview | mmap.mmap,
     offsets: I64,
     caplens: I64,
     ts_ns: I64,

@@ -393,7 +393,6 @@ class FlowTable:
             np.where(idle_first, IDLE, ACTIVE),
         )
         ends_open = brk & key_first & has_open  # the table's open flow ends before this packet
-        ends_seg = brk & ~key_first  # the previous in-batch segment ends before this packet
 
         # --- aggregate per segment and direction
         init_lo = np.where(carried, T["init_lo"][sl[sfi]], lo[sfi])
@@ -496,7 +495,6 @@ class FlowTable:
         if len(ended_segs):
             # reason of segment s is on the first packet of segment s+1 (same key)
             reasons = ended_reason[sfi[ended_segs + 1]]
-            assert bool(ends_seg[sfi[ended_segs + 1]].all())
             self._emit(A, ended_segs, reasons)
             # a carried slot whose flow ended inside the batch is free again
             cont_ended = ended_segs[carried[ended_segs]]
@@ -584,8 +582,10 @@ def _merge(A: Cols, segs: I64, T: Cols, slots: I64) -> None:
     A["bpmax"][segs] = np.maximum(A["bpmax"][segs], T["bpmax"][slots])
     old_first = T["first"][slots]
     A["first"][segs] = np.where(T["pk"][slots] > 0, old_first, A["first"][segs])
-    A["last"][segs] = np.where(A["last"][segs] >= 0, A["last"][segs], T["last"][slots])
+    # max(): a capture whose clock steps back must not give negative durations
+    A["last"][segs] = np.maximum(A["last"][segs], T["last"][slots])
     A["bfirst"][segs] = T["bfirst"][slots]
+    A["blast"][segs] = np.maximum(A["blast"][segs], T["blast"][slots])
     for name in ("init_lo", "fam", "s_hi", "s_lo", "d_hi", "d_lo", "sport", "dport", "proto", "vlan", "icmp"):
         A[name][segs] = T[name][slots]
 

@@ -12,7 +12,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -318,19 +318,21 @@ class BpfMap:
             raise _fail(f"lookup-and-delete in map {self.name} failed", rc, self.name, "needs Linux >= 5.14")
         return value
 
-    def items_batch(self, chunk: int = 4096) -> tuple[ctypes.Array[Any], ctypes.Array[Any], int]:
-        """Every (key, value) in few syscalls: returns (keys, values, n) as ctypes arrays."""
-        keys_all: list[ctypes.Array[Any]] = []
-        vals_all: list[ctypes.Array[Any]] = []
-        counts: list[int] = []
+    def iter_batches(self, chunk: int = 16384) -> Iterator[tuple[memoryview, memoryview, int]]:
+        """Every (key, value) in few syscalls: yields (keys, values, n) raw views of `n` entries.
+
+        The two buffers are reused between chunks: consume a chunk before asking for the next."""
+        keys = (self.key_type * chunk)()
+        vals = (self.value_type * chunk)()
+        kview = memoryview(keys).cast("B")
+        vview = memoryview(vals).cast("B")
+        ks, vs = ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type)
         in_batch = ctypes.c_uint64(0)
         out_batch = ctypes.c_uint64(0)
+        opts = BatchOpts(ctypes.sizeof(BatchOpts), 0, 0)
         first = True
         while True:
-            keys = (self.key_type * chunk)()
-            vals = (self.value_type * chunk)()
             count = ctypes.c_uint32(chunk)
-            opts = BatchOpts(ctypes.sizeof(BatchOpts), 0, 0)
             rc = lib().bpf_map_lookup_batch(
                 self.fd,
                 None if first else ctypes.byref(in_batch),
@@ -344,23 +346,12 @@ class BpfMap:
             err = _err(rc) if rc != 0 else 0
             if err not in (0, errno.ENOENT):
                 raise _fail(f"batch lookup in map {self.name} failed", rc, self.name, "needs Linux >= 5.6")
-            if count.value:
-                keys_all.append(keys)
-                vals_all.append(vals)
-                counts.append(count.value)
+            n = count.value
+            if n:
+                yield kview[: n * ks], vview[: n * vs], n
             if err == errno.ENOENT:
-                break
+                return
             in_batch.value = out_batch.value
-        total = sum(counts)
-        keys_out = (self.key_type * max(total, 1))()
-        vals_out = (self.value_type * max(total, 1))()
-        pos = 0
-        ks, vs = ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type)
-        for k, v, n in zip(keys_all, vals_all, counts, strict=True):
-            ctypes.memmove(ctypes.byref(keys_out, pos * ks), k, n * ks)
-            ctypes.memmove(ctypes.byref(vals_out, pos * vs), v, n * vs)
-            pos += n
-        return keys_out, vals_out, total
 
     def percpu_u64(self, index: int, ncpus: int) -> int:
         """Sum over CPUs of one u64 slot of a per-CPU array."""

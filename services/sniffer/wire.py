@@ -46,7 +46,7 @@ def addr_matrix(fam: Arr, hi: U64, lo: U64, family: int) -> U8:
 
 
 def _rotl(x: U32, s: int) -> U32:
-    return (x << np.uint32(s)) | (x >> np.uint32(32 - s))  # type: ignore[no-any-return]
+    return (x << np.uint32(s)) | (x >> np.uint32(32 - s))
 
 
 def sha1_blocks(block: U8) -> U8:
@@ -172,7 +172,7 @@ def splitmix64(x: U64) -> U64:
         z = x + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))  # type: ignore[no-any-return]
+        return z ^ (z >> np.uint64(31))
 
 
 def varints(x: Arr, width: int) -> U8:
@@ -201,31 +201,50 @@ def length_prefix(number: int, payload_len: int) -> bytes:
 _FEATURE_FIELDS = flow_pb2.FlowFeatures.DESCRIPTOR.fields
 
 
-def features_matrix(feats: dict[str, Arr], n: int) -> U8:
-    """FlowFeatures of n flows as (n, width) wire bytes, every field present, one layout."""
-    ints = [fd for fd in _FEATURE_FIELDS if fd.type != fd.TYPE_DOUBLE]
-    dbls = [fd for fd in _FEATURE_FIELDS if fd.type == fd.TYPE_DOUBLE]
-    # counters fit in 56 bits, so 8 varint bytes are enough (less work than the general 10)
-    ivals = varints(np.stack([np.asarray(feats[fd.name]) for fd in ints], axis=1), 8)  # (n, k, 8)
-    dvals = np.ascontiguousarray(
-        np.stack([np.asarray(feats[fd.name], dtype="<f8") for fd in dbls], axis=1)
-    ).view(np.uint8).reshape(n, len(dbls), 8)  # fmt: skip
-    parts: list[Arr] = []
-    ii = di = 0
+def _feature_layout() -> tuple[list[str], list[str], U8, Arr, Arr, Arr, int]:
+    """Where each byte of a serialized FlowFeatures goes: tags, varint and double columns."""
+    ints = [fd.name for fd in _FEATURE_FIELDS if fd.type != fd.TYPE_DOUBLE]
+    dbls = [fd.name for fd in _FEATURE_FIELDS if fd.type == fd.TYPE_DOUBLE]
+    tag_bytes: list[int] = []
+    tag_pos: list[int] = []
+    int_pos: list[int] = []
+    dbl_pos: list[int] = []
+    pos = 0
     for fd in _FEATURE_FIELDS:
-        if fd.type == fd.TYPE_DOUBLE:
-            parts.append(
-                np.broadcast_to(np.frombuffer(tag(fd.number, 1), np.uint8), (n, len(tag(fd.number, 1))))
-            )
-            parts.append(dvals[:, di])
-            di += 1
-        else:
-            parts.append(
-                np.broadcast_to(np.frombuffer(tag(fd.number, 0), np.uint8), (n, len(tag(fd.number, 0))))
-            )
-            parts.append(ivals[:, ii])
-            ii += 1
-    return np.concatenate(parts, axis=1)
+        is_double = fd.type == fd.TYPE_DOUBLE
+        t = tag(fd.number, 1 if is_double else 0)
+        tag_bytes.extend(t)
+        tag_pos.extend(range(pos, pos + len(t)))
+        pos += len(t)
+        width = 8
+        (dbl_pos if is_double else int_pos).extend(range(pos, pos + width))
+        pos += width
+    return (
+        ints,
+        dbls,
+        np.array(tag_bytes, dtype=np.uint8),
+        np.array(tag_pos),
+        np.array(int_pos),
+        np.array(dbl_pos),
+        pos,
+    )
+
+
+_LAYOUT = _feature_layout()
+
+
+def features_matrix(feats: dict[str, Arr], n: int) -> U8:
+    """FlowFeatures of n flows as (n, width) wire bytes, every field present, one layout.
+
+    Counters fit in 56 bits, so their varints are 8 bytes; doubles are 8 bytes little endian.
+    """
+    ints, dbls, tag_bytes, tag_pos, int_pos, dbl_pos, width = _LAYOUT
+    mat = np.empty((n, width), dtype=np.uint8)
+    mat[:, tag_pos] = tag_bytes
+    mat[:, int_pos] = varints(np.stack([np.asarray(feats[name]) for name in ints], axis=1), 8).reshape(n, -1)
+    dv = np.stack([np.asarray(feats[name], dtype="<f8") for name in dbls], axis=1)
+    mat[:, dbl_pos] = np.ascontiguousarray(dv).view(np.uint8).reshape(n, -1)
+    return mat
 
 
 def const(b: bytes, n: int) -> U8:

@@ -177,7 +177,7 @@ def _crash_loop(tmp_path: Path, rng: random.Random, zyg: subprocess.Popen[str]) 
                 f"after repair {i}: {rep.problems[:3]} {rep.notes[:3]}"
             )
     # the kills must have hit a writer that was really writing
-    assert acked_total >= KILLS * 5, f"only {acked_total} acknowledged events over {KILLS} kills"
+    assert acked_total >= KILLS * 2, f"only {acked_total} acknowledged events over {KILLS} kills"
     print(f"{KILLS} kills, {acked_total} acknowledged events, {half_pairs_seen} half pairs completed")
 
 

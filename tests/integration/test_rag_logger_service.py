@@ -47,8 +47,9 @@ def service(tmp_path: Path):  # type: ignore[no-untyped-def]
     cfg_path = tmp_path / "rag-logger.json"
     cfg_path.write_text(json.dumps(cfg))
     stderr = (tmp_path / "stderr.log").open("wb")
+    script = Path(sys.executable).with_name("mld-rag-logger")  # the console script the lab runs
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.rag_logger", "run", "--config", str(cfg_path)],
+        [str(script), "run", "--config", str(cfg_path)],
         cwd=REPO,
         stderr=stderr,
     )

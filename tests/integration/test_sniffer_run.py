@@ -155,3 +155,21 @@ def test_sigterm_drains_and_exits_zero(
     assert sum(f.features.bidirectional_packets for f in flows) == final["ip_packets"] > 0
     assert final["ip_packets"] < 125, "stopped before the capture's end"
     assert final["table_flows"] == 0, "the table was flushed"
+
+
+def test_sigterm_without_a_consumer_does_not_hang(shared_pcaps: Path, tmp_path: Path) -> None:
+    """Back-pressure blocks while running, but a stop gives up after the linger (counted, logged)."""
+    mport = free_port()
+    cfg = write_config(tmp_path, shared_pcaps / "attack-nmap-syn-scan.pcap", free_port(), mport, "fast")
+    doc = json.loads(cfg.read_text())
+    doc["output"]["linger_ms"] = 500
+    cfg.write_text(json.dumps(doc))
+    proc = start(cfg)
+    try:
+        wait_for(lambda: metric(scrape(mport), "mld_sniffer_packets_total") > 0, timeout=30, what="packets counted")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    assert "flow batch dropped" in err.decode()

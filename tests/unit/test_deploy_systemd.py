@@ -185,9 +185,10 @@ def test_exec_start_pre_passes_on_defaults_and_fails_with_exit_2_on_a_bad_file(
     """What ExecStartPre runs: defaults pass; a bad file exits 2, which RestartPreventExitStatus stops on."""
     script = str(Path(sys.prefix) / "bin" / SERVICES[svc][0])
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLD_")}
+    # from the checkout, where relative defaults (models/) resolve as under WorkingDirectory=
     ok = subprocess.run(
         [script, "check-config"],
-        cwd=tmp_path,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,

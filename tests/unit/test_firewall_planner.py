@@ -277,3 +277,11 @@ def test_a_request_after_expiry_escalates_even_before_the_expiry_sweep() -> None
     assert p.block("198.18.0.1") == "queued"
     (op,) = p.take()
     assert (op.offences, op.timeout_ms, op.replace) == (2, 20_000, True)
+
+
+def test_elements_without_timeout_are_kept_and_never_re_armed() -> None:
+    p, clock = make(refresh_min_s=0)
+    p.load([Element(net("198.18.0.9/32"), 0, 0, 1)])  # added by hand: `nft add element ... { x }`
+    clock.t += 10**6
+    assert p.expire() == []
+    assert p.block("198.18.0.9") == "deduplicated"

@@ -160,3 +160,20 @@ def test_a_writer_bug_is_loud_and_stops_the_service(tmp_path: Path, caplog: pyte
     assert isinstance(core.failed, RuntimeError) and "writer thread failed" in caplog.text
     assert not core.submit(make_event(time.time_ns(), random.Random(2)))  # refused and counted as shutdown
     core.stop()
+
+
+@pytest.mark.unit
+def test_keep_policy_is_hot_reloadable(tmp_path: Path) -> None:
+    acked: list[str] = []
+    core = LoggerCore(
+        settings(tmp_path), clock=lambda: T0, on_commit=lambda rs: acked.extend(r.rid for r in rs)
+    )
+    core.start()
+    rng = random.Random(8)
+    mid = make_event(T0, rng, score=0.6)  # below the default final_min of 0.70
+    assert not core.submit(mid)
+    core.update_settings(settings(tmp_path, keep={"final_min": 0.5}))
+    again = make_event(T0, rng, score=0.6)
+    assert core.submit(again)
+    assert core.stop() == 0
+    assert acked == [again.event_id]

@@ -39,7 +39,7 @@ def test_accelerate_lowers_every_threshold_one_step() -> None:
 
 
 @pytest.mark.unit
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     values=st.lists(st.decimals(min_value="0.40", max_value="0.90", places=3), min_size=5, max_size=5),
     step=st.sampled_from([0.01, 0.02, 0.05, 0.1]),

@@ -219,7 +219,7 @@ def feed(
 CFG = settings_with(idle_timeout_s=120, active_timeout_s=300, tcp_close_linger_s=2)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(packet_stream(), st.lists(st.integers(0, 60), max_size=8))
 def test_records_do_not_depend_on_batch_cuts(packets: list[tuple[int, bytes]], cuts: list[int]) -> None:
     whole = feed(packets, [], CFG)
@@ -228,7 +228,7 @@ def test_records_do_not_depend_on_batch_cuts(packets: list[tuple[int, bytes]], c
     assert sum(r.features.bidirectional_packets for r in whole) == len(packets)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(packet_stream(), st.lists(st.integers(0, 60), max_size=4))
 def test_vectorised_splitter_matches_sequential_oracle(
     packets: list[tuple[int, bytes]], cuts: list[int]
@@ -377,3 +377,42 @@ def test_stats_and_table_settings_swap() -> None:
     table.add_frames([T0], [c2s("S")])
     assert len(table.expire(T0 + 2 * S)) == 1
     assert math.isclose(table.flow_settings.idle_timeout_s, 1)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-5 * S, 5 * S),
+            st.sampled_from(
+                [c2s("S"), s2c("RA"), c2s("FA"), ether(ipv4("10.0.0.5", "10.0.0.6", 17, udp(7, 8)))]
+            ),
+            st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), max_size=3),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.integers(1, 7),
+)
+def test_table_survives_mutated_frames_and_clock_steps(
+    items: list[tuple[int, bytes, list[tuple[int, int]]]], batch: int
+) -> None:
+    """Damaged frames and timestamps that jump back and forth: no crash, no packet lost."""
+    table = FlowTable(CFG)
+    out: list[flow_pb2.FlowRecord] = []
+    t = T0
+    for lo in range(0, len(items), batch):
+        ts, frames = [], []
+        for dt, frame, flips in items[lo : lo + batch]:
+            raw = bytearray(frame)
+            for pos, value in flips:
+                raw[pos % len(raw)] = value
+            t += dt
+            ts.append(t)
+            frames.append(bytes(raw))
+        table.add_frames(ts, frames)
+        out += table.expire(max(ts))
+    out += table.flush()
+    assert sum(r.features.bidirectional_packets for r in out) == table.counters.ip_packets
+    assert table.counters.ip_packets + sum(table.counters.malformed.values()) == len(items)
+    assert all(r.features.bidirectional_duration_ms >= 0 for r in out)

@@ -62,7 +62,10 @@ maximum over the enabled models ("maximum threat wins", DESIGN.md section 3).
 - **trees**: {report["models"][name]["trees"]}, rounds {report["rounds"]}, seed {report["seed"]}
 - **training command**: `{report["command"]}` ({report["seconds"]} s for all four models, cards and evaluation)
 - **positive class**: flows sent by an attacker of kind {", ".join(f"`{k}`" for k in mine)}; negatives: benign
-  flows (attacks of the other detectors' kinds are left out of this model's training).
+  flows (attacks of the other detectors' kinds are left out of this model's training). An attacker's
+  first two flows in the 60 s context window look like anyone's (one login, one fetch) and are left
+  out of training unless the flow is a flood by itself (>= 100 packets); they still count as misses
+  below, so recall is per flow, early flows included.
 
 ## Features
 

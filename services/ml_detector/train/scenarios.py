@@ -75,9 +75,13 @@ def web_page(cap: Capture, r: random.Random, t: float, host: str) -> None:
         srv = servers[i % n_servers]
         c = Tcp(cap, t + r.uniform(0, 3.0), host, srv, eph(r), port, rtt(r))
         c.handshake()
-        for _ in range(r.randint(1, 4)):
-            c.send(True, r.randint(200, 900), r.uniform(0.0, 0.05))
-            c.send(False, min(int(r.lognormvariate(8.5, 1.4)) + 200, 400_000), c.rtt)
+        for _ in range(r.randint(1, 4)):  # keep-alive reuse; servers think, pages pause between fetches
+            c.send(
+                True, r.randint(200, 900), r.uniform(0.0, 0.05) if r.random() < 0.6 else r.uniform(0.1, 1.5)
+            )
+            c.send(
+                False, min(int(r.lognormvariate(8.5, 1.4)) + 200, 400_000), c.rtt + r.expovariate(1 / 0.15)
+            )
         c.close(r.choice(["fin", "fin", "fin", "rst"]), by_client=r.random() < 0.7)
 
 
@@ -214,9 +218,14 @@ def strays(cap: Capture, r: random.Random, host: str, start: float, dur: float) 
     """Lone packets: late ACK/FIN/RST after a flow ended, QUIC/DHT/NAT keepalive one-shots."""
     t = start + r.uniform(0, 30)
     while t < start + dur:
-        kind = r.randrange(4)
+        kind = r.randrange(5)
         peer = ext(r) if r.random() < 0.7 else SERVERS + str(r.randint(2, 250))
-        if kind == 0:
+        if kind == 4:  # a connection to a host that is down: SYN and its retransmissions, no answer
+            port = r.choice([80, 443, 8080, 22, 445, r.randint(1024, 65535)])
+            sport = eph(r)
+            for k in range(r.randint(1, 3)):
+                cap.tcp(t + k * (1 << k), host, peer, sport, port, 0x02, 1000, 0)
+        elif kind == 0:
             Tcp(cap, t, peer, host, r.choice([80, 443, 445, 139]), eph(r), 0.01).close("rst")
         elif kind == 1:
             cap.tcp(

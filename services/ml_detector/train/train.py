@@ -38,6 +38,8 @@ SEED = 20260101
 # source has this many flows in the context window; the earlier ones are left out of training
 # (they still count as misses in the evaluation).
 MIN_ATTACK_CONTEXT = 3
+FLOOD_PACKETS = 100  # ... unless the flow is a flood by itself (one ICMP or UDP flow of many packets)
+_PACKETS = MODEL_FEATURES.index("bidirectional_packets")
 _SRC_FLOWS = MODEL_FEATURES.index("src_window_flows")
 DROP = 0.70
 SHARED_KIND_MODELS = {
@@ -87,7 +89,7 @@ def _rows(
         if len(c.x) == 0:
             continue
         pos = np.array([k != "" and KIND_MODEL.get(k, "traffic") == model for k in c.kind], dtype=bool)
-        pos &= c.x[:, _SRC_FLOWS] >= MIN_ATTACK_CONTEXT  # see MIN_ATTACK_CONTEXT
+        pos &= (c.x[:, _SRC_FLOWS] >= MIN_ATTACK_CONTEXT) | (c.x[:, _PACKETS] >= FLOOD_PACKETS)
         neg = c.kind == ""
         for mask, label in ((pos, 1), (neg, 0)):
             n = int(mask.sum())

@@ -97,6 +97,14 @@ class AfPacketSource:
         self._ring: mmap.mmap | None = None
         self._block = 0
         try:
+            socket.if_nametoindex(self.interface)
+        except OSError:
+            raise SourceError(
+                f"interface {self.interface!r} not found",
+                "capture.interface",
+                "name an existing interface (ip link)",
+            ) from None
+        try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         except PermissionError:
             raise SourceError(

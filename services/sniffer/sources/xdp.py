@@ -44,21 +44,12 @@ _REASONS: dict[int, int] = {
     libbpf.END_RST: flow_pb2.END_REASON_RST,
 }
 _FLAG_NAMES = ("syn", "ack", "psh", "rst", "fin", "urg")
-_VALUE_DTYPE = np.dtype(
-    {
-        "names": ["first_ns", "last_ns", "term_ns", "term_reason", "p0", "p1"],
-        "formats": ["<i8", "<i8", "<i8", "<u4", "<u8", "<u8"],
-        "offsets": [
-            libbpf.FlowValue.first_ns.offset,
-            libbpf.FlowValue.last_ns.offset,
-            libbpf.FlowValue.term_ns.offset,
-            libbpf.FlowValue.term_reason.offset,
-            libbpf.FlowValue.dir.offset + libbpf.Dir.packets.offset,
-            libbpf.FlowValue.dir.offset + ctypes.sizeof(libbpf.Dir) + libbpf.Dir.packets.offset,
-        ],
-        "itemsize": ctypes.sizeof(libbpf.FlowValue),
-    }
-)
+_KEY_NP = np.dtype(libbpf.FlowKey)
+_VALUE_NP = np.dtype(libbpf.FlowValue)
+_EVENT_NP = np.dtype(libbpf.FlowEvent)
+_KEY_SIZE = ctypes.sizeof(libbpf.FlowKey)
+_VALUE_SIZE = ctypes.sizeof(libbpf.FlowValue)
+F64 = np.ndarray[Any, np.dtype[np.float64]]
 
 
 @dataclass(frozen=True)
@@ -236,6 +227,137 @@ def counters_from_kernel(key: libbpf.FlowKey, value: libbpf.FlowValue) -> FlowCo
     )
 
 
+def _mean_sd_cols(n: Any, total: Any, sumsq: F64, scale: float) -> tuple[F64, F64]:
+    """Vectorised `_mean_sd` (same float steps, so the same values)."""
+    nf = n.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(n > 0, total.astype(np.float64) / np.maximum(nf, 1), 0.0)
+        var = np.where(n > 1, (sumsq - nf * mean * mean) / np.maximum(nf - 1, 1), 0.0)
+    return mean * scale, np.sqrt(np.maximum(var, 0.0)) * scale
+
+
+def _sumsq128(p: Any) -> F64:
+    """The 128-bit sum of squares as float64, exactly rounded (the rare rows past 64 bits in Python)."""
+    lo, hi = p["sumsq_lo"], p["sumsq_hi"]
+    out: F64 = lo.astype(np.float64)
+    for idx in zip(*np.nonzero(hi), strict=True):
+        out[idx] = float(int(lo[idx]) | (int(hi[idx]) << 64))
+    return out
+
+
+def feature_columns(values: Any) -> dict[str, Any]:
+    """The 53 features of many kernel values at once (`features_from_counters`, vectorised)."""
+    ms = 1e-6
+    d = values["dir"]
+    pk = d["packets"].astype(np.int64)
+    by = d["bytes"].astype(np.int64)
+    has = pk > 0
+    out: dict[str, Any] = {}
+    bpk = pk.sum(axis=1)
+    bby = by.sum(axis=1)
+    out["bidirectional_packets"] = bpk
+    out["bidirectional_bytes"] = bby
+    out["bidirectional_duration_ms"] = (
+        values["last_ns"].astype(np.int64) - values["first_ns"].astype(np.int64)
+    ) * ms
+    big = np.iinfo(np.int64).max
+    psmin = np.where(has, d["ps_min"].astype(np.int64), big).min(axis=1)
+    out["bidirectional_min_ps"] = np.where(psmin == big, 0, psmin).astype(np.float64)
+    mean, sd = _mean_sd_cols(bpk, bby, d["ps_sumsq"].astype(np.float64).sum(axis=1), 1.0)
+    out["bidirectional_mean_ps"] = mean
+    out["bidirectional_stddev_ps"] = sd
+    out["bidirectional_max_ps"] = (
+        np.where(has, d["ps_max"].astype(np.int64), 0).max(axis=1).astype(np.float64)
+    )
+    _piat_cols(out, "bidirectional", values["piat"], np.maximum(bpk - 1, 0))
+    for name in _FLAG_NAMES:
+        out[f"bidirectional_{name}_packets"] = d[name].astype(np.int64).sum(axis=1)
+    for side, i in (("src2dst", 0), ("dst2src", 1)):
+        n = pk[:, i]
+        out[f"{side}_packets"] = n
+        out[f"{side}_bytes"] = by[:, i]
+        span = d["last_ns"][:, i].astype(np.int64) - d["first_ns"][:, i].astype(np.int64)
+        out[f"{side}_duration_ms"] = np.where(n > 0, span, 0) * ms
+        out[f"{side}_min_ps"] = np.where(n > 0, d["ps_min"][:, i], 0).astype(np.float64)
+        mean, sd = _mean_sd_cols(n, by[:, i], d["ps_sumsq"][:, i].astype(np.float64), 1.0)
+        out[f"{side}_mean_ps"] = mean
+        out[f"{side}_stddev_ps"] = sd
+        out[f"{side}_max_ps"] = np.where(n > 0, d["ps_max"][:, i], 0).astype(np.float64)
+        _piat_cols(out, side, d["piat"][:, i], np.maximum(n - 1, 0))
+        for name in _FLAG_NAMES:
+            out[f"{side}_{name}_packets"] = d[name][:, i].astype(np.int64)
+    return out
+
+
+def _piat_cols(out: dict[str, Any], side: str, p: Any, n: Any) -> None:
+    ms = 1e-6
+    out[f"{side}_min_piat_ms"] = np.where(n > 0, p["min_ns"].astype(np.int64), 0) * ms
+    mean, sd = _mean_sd_cols(n, p["sum_ns"], _sumsq128(p), ms)
+    out[f"{side}_mean_piat_ms"] = mean
+    out[f"{side}_stddev_piat_ms"] = sd
+    out[f"{side}_max_piat_ms"] = np.where(n > 0, p["max_ns"].astype(np.int64), 0) * ms
+
+
+def records_from_arrays(
+    keys: Any, values: Any, reasons: Any, clock_offset_ns: int, node_id: str, interface: str
+) -> list[flow_pb2.FlowRecord]:
+    """FlowRecords for kernel (key, value) rows; features vectorised, one protobuf per row."""
+    n = len(keys)
+    if n == 0:
+        return []
+    cols = feature_columns(values)
+    proto = keys["protocol"].astype(np.int64)
+    is_icmp = (proto == 1) | (proto == 58)
+    icmp = values["icmp"].astype(np.int64)
+    sport = np.where(is_icmp, icmp >> 8, keys["src_port"]).tolist()
+    dport_key = np.where(is_icmp, icmp & 0xFF, keys["dst_port"])
+    cols["dst_port"] = np.where(is_icmp, 0, keys["dst_port"]).astype(np.int64)
+    cols["protocol"] = proto
+    names = [f.name for f in flow_pb2.FlowFeatures.DESCRIPTOR.fields]
+    columns = [np.asarray(cols[name]).tolist() for name in names]
+    dport = dport_key.tolist()
+    first = (values["first_ns"].astype(np.int64) + clock_offset_ns).tolist()
+    last = (values["last_ns"].astype(np.int64) + clock_offset_ns).tolist()
+    alen = np.where(keys["ip_version"] == 4, 4, 16).tolist()
+    src_all, dst_all = keys["src_addr"], keys["dst_addr"]
+    vlan = keys["vlan_id"].tolist()
+    protol = proto.tolist()
+    reason_l = np.asarray(reasons).tolist()
+    FR, FK, FF = flow_pb2.FlowRecord, flow_pb2.FlowKey, flow_pb2.FlowFeatures
+    recs: list[flow_pb2.FlowRecord] = []
+    for i in range(n):
+        src = src_all[i, : alen[i]].tobytes()
+        dst = dst_all[i, : alen[i]].tobytes()
+        key_bytes = src + dst + bytes([protol[i]]) + vlan[i].to_bytes(2, "big")
+        key_bytes += sport[i].to_bytes(2, "big") + dport[i].to_bytes(2, "big")
+        flow_id = int.from_bytes(
+            hashlib.blake2b(key_bytes + first[i].to_bytes(8, "big", signed=True), digest_size=8).digest(),
+            "big",
+        ) & ((1 << 63) - 1)
+        recs.append(
+            FR(
+                flow_id=flow_id,
+                community_id=community_id(src, dst, sport[i], dport[i], protol[i]),
+                key=FK(
+                    src_addr=src,
+                    dst_addr=dst,
+                    src_port=sport[i],
+                    dst_port=dport[i],
+                    protocol=protol[i],
+                    vlan_id=vlan[i],
+                ),
+                first_seen_ns=first[i],
+                last_seen_ns=last[i],
+                end_reason=reason_l[i],
+                node_id=node_id,
+                interface=interface,
+                features=FF(**{nm: col[i] for nm, col in zip(names, columns, strict=True)}),
+                captured_ns=last[i],
+            )
+        )
+    return recs
+
+
 @dataclass
 class XdpCounters:
     """User-space side counts (the kernel's are read from the stats map)."""
@@ -265,6 +387,7 @@ class XdpSource:
         self.max_entries = settings.xdp.map_max_entries
         self.counts = XdpCounters()
         self._pending: list[flow_pb2.FlowRecord] = []
+        self._ended: list[bytes] = []
         self._attached = False
         self._obj: libbpf.BpfObject | None = None
         self._rb: libbpf.RingBuffer | None = None
@@ -331,29 +454,40 @@ class XdpSource:
 
     # -- export -------------------------------------------------------------------------------
 
-    def _record(self, key: libbpf.FlowKey, value: libbpf.FlowValue, reason: int) -> None:
+    def _emit(self, keys: bytes, values: bytes, reasons: list[int]) -> None:
+        """Records for raw kernel keys/values (concatenated), in bulk."""
+        n = len(reasons)
+        if not n:
+            return
+        k = np.frombuffer(keys, dtype=_KEY_NP, count=n)
+        v = np.frombuffer(values, dtype=_VALUE_NP, count=n)
         # CLOCK_MONOTONIC (bpf_ktime_get_ns) -> wall clock, read fresh so clock steps are followed
         offset = time.time_ns() - time.monotonic_ns()
-        rec = record_from_counters(
-            counters_from_kernel(key, value),
-            end_reason=reason,
-            clock_offset_ns=offset,
-            node_id=self.settings.node_id,
-            interface=self.interface,
+        self._pending.extend(
+            records_from_arrays(k, v, reasons, offset, self.settings.node_id, self.interface)
         )
-        self._pending.append(rec)
-        name = flow_pb2.EndReason.Name(reason)[len("END_REASON_") :].lower()
-        self.counts.by_reason[name] = self.counts.by_reason.get(name, 0) + 1
+        for r in reasons:
+            name = flow_pb2.EndReason.Name(r)[len("END_REASON_") :].lower()
+            self.counts.by_reason[name] = self.counts.by_reason.get(name, 0) + 1
 
     def _on_event(self, data: bytes) -> None:
-        ev = libbpf.FlowEvent.from_buffer_copy(data[: ctypes.sizeof(libbpf.FlowEvent)])
-        if ev.kind == libbpf.EVENT_START:
+        kind = int.from_bytes(data[:4], "little")
+        if kind == libbpf.EVENT_START:
             self.counts.starts += 1
-        elif ev.kind == libbpf.EVENT_TERM:
+        elif kind == libbpf.EVENT_TERM:
             self.counts.terms += 1
-        elif ev.kind == libbpf.EVENT_END:
-            self._record(ev.key, ev.c, _REASONS.get(int(ev.reason), flow_pb2.END_REASON_UNSPECIFIED))
-            self.counts.exported_ringbuf += 1
+        elif kind == libbpf.EVENT_END:
+            self._ended.append(data[: _EVENT_NP.itemsize])
+
+    def _flush_ended(self) -> None:
+        """END notices received by the last poll -> records, in one vectorised step."""
+        if not self._ended:
+            return
+        ev = np.frombuffer(b"".join(self._ended), dtype=_EVENT_NP)
+        self._ended = []
+        reasons = [_REASONS.get(int(r), flow_pb2.END_REASON_UNSPECIFIED) for r in ev["reason"].tolist()]
+        self._emit(ev["key"].tobytes(), ev["c"].tobytes(), reasons)
+        self.counts.exported_ringbuf += len(ev)
 
     def _due(self, value: Any, now: int) -> int:
         """End reason of an entry at monotonic time `now` (flows.py's expire rules), or 0."""
@@ -369,26 +503,40 @@ class XdpSource:
         return 0
 
     def sweep(self, now_mono_ns: int | None = None, everything: bool = False) -> int:
-        """Export flows that are due (or all when `everything`), taking their entries out of the map."""
+        """Export flows that are due (or all when `everything`), taking their entries out of the map.
+
+        The map is read in chunks (values viewed with NumPy, nothing built per entry); only due
+        entries are taken, each with an atomic lookup-and-delete."""
         now = time.monotonic_ns() if now_mono_ns is None else now_mono_ns
         fs = self.settings.flows
-        keys, vals, n = self._flows.items_batch()
+        idle_ns = int(fs.idle_timeout_s * 1e9)
+        linger_ns = int(fs.tcp_close_linger_s * 1e9)
+        active_ns = int(fs.active_timeout_s * 1e9)
         self.counts.sweeps += 1
-        if n == 0:
-            self.counts.map_entries = 0
-            return 0
-        arr = np.frombuffer(memoryview(vals), dtype=_VALUE_DTYPE, count=n)
-        if everything:
-            take = np.ones(n, dtype=bool)
-        else:
-            has = (arr["p0"] + arr["p1"]) > 0
-            idle = now - arr["last_ns"] > int(fs.idle_timeout_s * 1e9)
-            term = (arr["term_ns"] > 0) & (now > arr["term_ns"] + int(fs.tcp_close_linger_s * 1e9))
-            active = now - arr["first_ns"] > int(fs.active_timeout_s * 1e9)
-            take = has & (idle | term | active)
-        taken = 0
-        for i in np.flatnonzero(take).tolist():
-            key = keys[i]
+        seen = 0
+        due_keys: list[bytes] = []
+        for kbuf, vbuf, n in self._flows.iter_batches():
+            seen += n
+            v = np.frombuffer(vbuf, dtype=_VALUE_NP, count=n)
+            if everything:
+                take = np.ones(n, dtype=bool)
+            else:
+                pk = v["dir"]["packets"].sum(axis=1)
+                last = v["last_ns"].astype(np.int64)
+                first = v["first_ns"].astype(np.int64)
+                term = v["term_ns"].astype(np.int64)
+                take = (pk > 0) & (
+                    (now - last > idle_ns)
+                    | ((term > 0) & (now > term + linger_ns))
+                    | (now - first > active_ns)
+                )
+            raw = kbuf.tobytes()
+            due_keys.extend(raw[i * _KEY_SIZE : (i + 1) * _KEY_SIZE] for i in np.flatnonzero(take).tolist())
+        keys_out: list[bytes] = []
+        vals_out: list[bytes] = []
+        reasons: list[int] = []
+        for kb in due_keys:
+            key = libbpf.FlowKey.from_buffer_copy(kb)
             value = self._flows.lookup_and_delete(key)
             if value is None:  # ended by a packet meanwhile: its END notice carries it
                 continue
@@ -400,20 +548,22 @@ class XdpSource:
                     self._flows.update(key, value, libbpf.BPF_NOEXIST)
                     continue
                 except SourceError:
-                    reason = flow_pb2.END_REASON_WINDOW
+                    reason = int(flow_pb2.END_REASON_WINDOW)
             if not reason:
                 if int(value.dir[0].packets) + int(value.dir[1].packets) == 0:
                     continue
                 # end of capture: WINDOW, or FIN/RST when the flow had closed (as FlowTable.flush)
                 reason = _REASONS.get(int(value.term_reason), 0) if value.term_ns else 0
-                reason = reason or flow_pb2.END_REASON_WINDOW
+                reason = reason or int(flow_pb2.END_REASON_WINDOW)
                 self.counts.exported_at_stop += 1
             else:
                 self.counts.exported_sweep += 1
-            self._record(key, value, reason)
-            taken += 1
-        self.counts.map_entries = max(n - taken, 0)
-        return taken
+            keys_out.append(kb)
+            vals_out.append(bytes(value))
+            reasons.append(reason)
+        self._emit(b"".join(keys_out), b"".join(vals_out), reasons)
+        self.counts.map_entries = max(seen - len(reasons), 0)
+        return len(reasons)
 
     def _take_pending(self) -> list[flow_pb2.FlowRecord]:
         out, self._pending = self._pending, []
@@ -429,6 +579,7 @@ class XdpSource:
         while not stop.is_set():
             wait_ms = max(0, min(100, (next_sweep - time.monotonic_ns()) // 1_000_000))
             rb.poll(int(wait_ms))
+            self._flush_ended()
             if time.monotonic_ns() >= next_sweep:
                 self.sweep()
                 next_sweep = time.monotonic_ns() + self.settings.xdp.sweep_interval_ms * 1_000_000
@@ -441,6 +592,7 @@ class XdpSource:
         self._detach()
         if self._rb is not None:
             self._rb.consume()
+            self._flush_ended()
         if self._obj is not None:
             self.sweep(everything=True)
         if self._pending:
