@@ -14,8 +14,9 @@ from typing import TypeVar
 
 import zmq
 from google.protobuf.message import DecodeError, Message
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from libs.common.curve import CurveGuard, CurveSettings, secure
 from libs.common.errors import ConfigError
 from libs.common.lifecycle import StopFlag
 from libs.common.metrics import transport_metrics
@@ -32,9 +33,25 @@ class SocketSettings(BaseModel, extra="forbid"):
     hwm: int = Field(10_000, ge=1, description="high-water mark in messages")
     send_timeout_ms: int = Field(1000, ge=-1, description="-1 blocks when the peer is full")
     linger_ms: int = Field(5000, ge=0, description="how long close() waits to flush queued messages")
+    curve: CurveSettings | None = Field(
+        None, description="CURVE encryption + client authentication (between hosts); None = plaintext"
+    )
+
+    @model_validator(mode="after")
+    def _curve_side(self) -> SocketSettings:
+        if self.curve is not None:
+            if self.bind and not self.curve.authorized_keys_dir:
+                raise ValueError(
+                    "a binding CURVE socket needs curve.authorized_keys_dir (the allowed clients)"
+                )
+            if not self.bind and not self.curve.server_key_file:
+                raise ValueError("a connecting CURVE socket needs curve.server_key_file (the server's .key)")
+        return self
 
 
-def _open(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, s: SocketSettings) -> zmq.Socket[bytes]:
+def _open(
+    ctx: zmq.Context[zmq.Socket[bytes]], kind: int, s: SocketSettings, service: str = ""
+) -> tuple[zmq.Socket[bytes], CurveGuard]:
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, s.linger_ms)
     if kind == zmq.PUSH:
@@ -42,19 +59,27 @@ def _open(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, s: SocketSettings) -> 
         sock.setsockopt(zmq.SNDTIMEO, s.send_timeout_ms)
     else:
         sock.setsockopt(zmq.RCVHWM, s.hwm)
+    guard = CurveGuard()
     try:
+        if s.curve is not None:  # before bind/connect: a CURVE server never speaks plaintext
+            guard = secure(ctx, sock, s.curve, s.bind, service, s.endpoint)
         if s.bind:
             sock.bind(s.endpoint)
         else:
             sock.connect(s.endpoint)
     except zmq.ZMQError as exc:
+        guard.close(sock)
         sock.close(0)
         raise ConfigError(
             f"cannot {'bind' if s.bind else 'connect'} {s.endpoint}: {exc}",
             "endpoint",
             "check the address, or stop the process that already holds the port",
         ) from None
-    return sock
+    except BaseException:
+        guard.close(sock)
+        sock.close(0)
+        raise
+    return sock, guard
 
 
 class Pusher:
@@ -63,7 +88,7 @@ class Pusher:
     def __init__(self, service: str, settings: SocketSettings, ctx: zmq.Context | None = None) -> None:  # type: ignore[type-arg]
         self.settings = settings
         self.ctx = ctx or zmq.Context.instance()
-        self.sock = _open(self.ctx, zmq.PUSH, settings)
+        self.sock, self._curve = _open(self.ctx, zmq.PUSH, settings, service)
         self.metrics = transport_metrics(service)
         self.endpoint = settings.endpoint
 
@@ -80,6 +105,7 @@ class Pusher:
 
     def close(self) -> None:
         """Close, waiting up to linger_ms for queued messages to leave."""
+        self._curve.close(self.sock)
         self.sock.close(self.settings.linger_ms)
 
 
@@ -94,7 +120,7 @@ class Puller:
         ctx: zmq.Context | None = None,  # type: ignore[type-arg]
     ) -> None:
         self.ctx = ctx or zmq.Context.instance()
-        self.sock = _open(self.ctx, zmq.PULL, settings)
+        self.sock, self._curve = _open(self.ctx, zmq.PULL, settings, service)
         self.types = types
         self.metrics = transport_metrics(service)
         self.endpoint = settings.endpoint
@@ -145,4 +171,5 @@ class Puller:
             yield msg
 
     def close(self) -> None:
+        self._curve.close(self.sock)
         self.sock.close(0)

@@ -392,16 +392,17 @@ def attack(scenario: str, lab_dir: Path | None, block_timeout_s: float, as_json:
 
 def ssh_guess(src: str, attempts: int, tasks: int = 2, gap_s: float = 0.3, max_s: float = 50) -> int:
     """Password guessing against the victim's SSH-like server: one TCP session per guess
-    (banner, key exchange, three password tries, close), `tasks` in parallel; bounded."""
+    (banner, key exchange, three password tries, close), `tasks` in parallel; bounded. Gives up
+    after 3 failures in a row (blocked), as a real guesser whose packets go unanswered would."""
     end = time.monotonic() + max_s
-    done = [0, 0]  # sessions that ran, sessions refused (blocked)
+    done = [0, 0, 0]  # sessions that ran, sessions that failed, failures in a row
     lock = threading.Lock()
     todo = list(range(attempts))
 
     def worker() -> None:
         while time.monotonic() < end:
             with lock:
-                if not todo:
+                if not todo or done[2] >= 3:
                     return
                 todo.pop()
             try:
@@ -420,9 +421,11 @@ def ssh_guess(src: str, attempts: int, tasks: int = 2, gap_s: float = 0.3, max_s
                         c.recv(4096)
                 with lock:
                     done[0] += 1
+                    done[2] = 0
             except OSError:
                 with lock:
                     done[1] += 1
+                    done[2] += 1
             time.sleep(gap_s)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(tasks)]

@@ -241,7 +241,7 @@ def live_overrides(lab: LabSettings) -> dict[str, dict[str, Any]]:
             "metrics": metrics(p.metrics_sniffer),  # inside mld-switch, bridged to the host
             "capture": {"source": "xdp", "interface": SPAN_RX},
             "xdp": {"mode": "generic", "sweep_interval_ms": 10},
-            "flows": {"tcp_close_linger_s": 0.03, "export_interval_ms": 10},
+            "flows": {"tcp_close_linger_s": 0.03, "export_interval_ms": 10, "export_batch_size": 256},
             "output": {"endpoint": f"ipc://{s['flows']}", "bind": True},
         },
         "ml-detector": {
@@ -249,9 +249,10 @@ def live_overrides(lab: LabSettings) -> dict[str, dict[str, Any]]:
             "input": {"endpoint": f"ipc://{s['flows']}", "bind": False},
             "firewall": {"endpoint": f"ipc://{s['firewall']}", "bind": False},
             "rag_logger": {"endpoint": f"{t}{p.rag_logger}", "bind": False},
-            # TreeSHAP runs before a batch's events leave: a small budget keeps a scan's first
-            # batch from waiting on hundreds of explanations (the rest are counted, not lost).
-            "explain": {"max_per_batch": 16},
+            # TreeSHAP runs before a batch's events leave (~5 ms per event here): a small budget
+            # keeps a scan's first batch from waiting on explanations (the rest are counted).
+            "explain": {"max_per_batch": 2},
+            "batch": {"max_flows": 256},  # a scan's first flows are scored before the rest arrive
         },
         "rag-logger": {
             "metrics": metrics(p.metrics_rag_logger),
@@ -394,11 +395,57 @@ def start(lab: LabSettings, timeout_s: float) -> LabSettings:
         control.start_supervisord(lab, lab.venv_bin)
         control.wait_running(lab, [p.name for p in programs], timeout_s)
         wait_pipeline(lab, timeout_s)
+        record_pids(lab, [st.pid for st in control.program_states(lab) if st.pid])
     except BaseException:
         control.shutdown(lab)
         destroy_network()
         raise
     return lab
+
+
+def _start_time(pid: int) -> int | None:
+    """Kernel start time of a process (with the pid, identifies it even after pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[-1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pids_path(lab: LabSettings) -> Path:
+    return lab.lab_dir / "live-pids.json"
+
+
+def record_pids(lab: LabSettings, pids: list[int]) -> None:
+    """Remember supervisord and its programs by (pid, start time): if supervisord dies, `down`
+    still ends exactly these processes and never a stranger that reused a pid."""
+    from libs.lab import control
+
+    sup = control.supervisord_pid(lab)
+    entries = [[p, t] for p in [*([sup] if sup else []), *pids] if (t := _start_time(p)) is not None]
+    _pids_path(lab).write_text(json.dumps(entries))
+
+
+def kill_recorded(lab: LabSettings, timeout_s: float = 10) -> list[int]:
+    """End the recorded lab processes still alive (TERM, then KILL); returns the pids ended."""
+    try:
+        entries = json.loads(_pids_path(lab).read_text())
+    except (OSError, ValueError):
+        return []
+    alive = [int(p) for p, t in entries if _start_time(int(p)) == t and _alive(int(p))]
+    for pid in alive:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(p) for p in alive):
+        time.sleep(0.05)
+    for pid in alive:
+        if _alive(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        _pids_path(lab).unlink()
+    return alive
 
 
 def metric_value(port: int, name: str, timeout_s: float = 2.0) -> float | None:
@@ -456,8 +503,14 @@ def print_where(lab: LabSettings) -> None:
 
 
 def teardown(lab: LabSettings) -> dict[str, list[Any]]:
-    """What `mld-lab down` adds for live mode: namespaces, what runs in them, our sockets."""
+    """What `mld-lab down` adds for a live lab: namespaces, what runs in them, our sockets.
+
+    A replay lab's `down` leaves them alone: the namespaces are global and may be another lab's."""
+    if lab.mode != "live":
+        return {"namespaces": [], "killed": []}
+    leftover = kill_recorded(lab)  # after a supervisord crash its programs outlive it
     gone = destroy_network() if existing_namespaces() else {"namespaces": [], "killed": []}
+    gone["killed"] = sorted(set(gone["killed"]) | set(leftover))
     for path in sock_paths(lab).values():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -601,12 +654,15 @@ def benign(status: Path, max_s: float = 4 * 3600, max_requests: int = 200_000) -
                     + bytes(6)
                     + b"\x03www\x07example\x03com\x00\x00\x01\x00\x01"
                 )
-                try:
-                    s.sendto(q, (VICTIM.v4, DNS_PORT))
-                    s.recvfrom(2048)
-                    count("dns", True)
-                except OSError as exc:
-                    count("dns", False, str(exc))
+                for attempt in (1, 2):  # a resolver retries once after a timeout
+                    try:
+                        s.sendto(q, (VICTIM.v4, DNS_PORT))
+                        s.recvfrom(2048)
+                        count("dns", True)
+                        break
+                    except OSError as exc:
+                        if attempt == 2:
+                            count("dns", False, str(exc))
             stop.wait(r.uniform(2.0, 5.0))
 
     def ssh() -> None:
@@ -630,6 +686,19 @@ def benign(status: Path, max_s: float = 4 * 3600, max_requests: int = 200_000) -
                 count("ssh", False, str(exc))
                 stop.wait(1.0)
 
+    # Start once the victim's servers answer (they start beside us): a refusal then would be ours.
+    ready_by = time.monotonic() + 30
+    while time.monotonic() < ready_by and not stop.is_set():
+        try:
+            for port in (HTTP_PORT, SSH_PORT):
+                socket.create_connection((VICTIM.v4, port), timeout=1).close()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.settimeout(0.5)
+                probe.sendto(b"\x00\x01\x01\x00", (VICTIM.v4, DNS_PORT))
+                probe.recvfrom(2048)
+            break
+        except OSError:
+            stop.wait(0.2)
     threads = [threading.Thread(target=f, daemon=True) for f in (web, dns, ssh)]
     for t in threads:
         t.start()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from ml_defender.v1 import flow_pb2
+from ml_defender.v1 import detection_pb2, flow_pb2
 
 from libs.common.cli import package_version
 from libs.common.errors import MLDefenderError
@@ -27,6 +27,7 @@ from libs.common.settings import load_settings
 from libs.common.zmqio import Puller, Pusher
 from services.ml_detector.config import RESTART_FIELDS, DetectorSettings
 from services.ml_detector.detector import Detector
+from services.ml_detector.fanout import targets
 from services.ml_detector.metrics import DetectorMetrics, detector_metrics
 from services.ml_detector.models import ModelSet, load_model_set
 
@@ -51,6 +52,7 @@ class DetectorApp:
         self._publish_models(models)
         self.reload_requested = threading.Event()
         self._last_seq: dict[str, int] = {}
+        self.firewalls: dict[str, Pusher] = {}  # multi-node: one PUSH per node's firewall
 
     @property
     def settings(self) -> DetectorSettings:
@@ -130,8 +132,23 @@ class DetectorApp:
                 self.metrics.pipeline_latency.observe(max(0, now - ev.flow.captured_ns) / 1e9)
             for out in outputs:
                 out.send(ev)
+            if self.firewalls:
+                self._fan_out(ev)
         self.metrics.context_sources.set(len(self.detector.tracker))
         return len(records)
+
+    def _fan_out(self, ev: detection_pb2.DetectionEvent) -> None:
+        """Send to the firewall of each node that should act (settings.drop_fanout)."""
+        nodes, unrouted = targets(
+            ev.flow.node_id,
+            ev.decision == detection_pb2.DECISION_DROP,
+            list(self.firewalls),
+            self.settings.drop_fanout,
+        )
+        if unrouted:
+            self.metrics.unrouted.labels(ev.flow.node_id).inc()
+        for node in nodes:
+            self.firewalls[node].send(ev)
 
     def run(self) -> int:
         s = self.settings
@@ -139,7 +156,11 @@ class DetectorApp:
         start_metrics_server(s.metrics.host, s.metrics.port)
         build_info(SERVICE, package_version(), s.node_id)
         puller = Puller(SERVICE, s.input, {"ml_defender.v1.FlowBatch": flow_pb2.FlowBatch})
-        outputs = [Pusher(SERVICE, s.firewall), Pusher(SERVICE, s.rag_logger)]
+        outputs = [Pusher(SERVICE, s.rag_logger)]
+        if s.firewall_nodes:
+            self.firewalls = {node: Pusher(SERVICE, fw) for node, fw in s.firewall_nodes.items()}
+        else:
+            outputs.insert(0, Pusher(SERVICE, s.firewall))
         self.stop.install_signal_handlers()
         self._install_hup()
         log.info(
@@ -164,7 +185,7 @@ class DetectorApp:
                 total += self.process(self._gather(puller, msg), outputs)
         finally:
             puller.close()
-            for out in outputs:
+            for out in [*outputs, *self.firewalls.values()]:
                 out.close()
             log.info("ml-detector stopped", extra={"reason": self.stop.reason, "flows_scored": total})
         return 0

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from libs.common.settings import MetricsSettings, ServiceSettings
 from libs.common.zmqio import SocketSettings
+from services.ml_detector.fanout import FanoutPolicy
 
 MODEL_NAMES: tuple[str, ...] = ("ddos", "ransomware", "traffic", "internal")
 Engine = Literal["lightgbm", "lleaves", "onnx"]
@@ -24,6 +25,7 @@ HOT_FIELDS: tuple[str, ...] = (
     "context.window_s",
     "batch.max_flows",
     "batch.max_wait_ms",
+    "drop_fanout",
 )
 RESTART_FIELDS: tuple[str, ...] = (
     "node_id",
@@ -31,6 +33,7 @@ RESTART_FIELDS: tuple[str, ...] = (
     "input.*",
     "firewall.*",
     "rag_logger.*",
+    "firewall_nodes.*",
     "models_dir",
 )
 
@@ -111,6 +114,13 @@ class DetectorSettings(ServiceSettings):
     input: SocketSettings = SocketSettings(endpoint="tcp://127.0.0.1:5571")
     firewall: SocketSettings = SocketSettings(endpoint="tcp://127.0.0.1:5572")
     rag_logger: SocketSettings = SocketSettings(endpoint="tcp://127.0.0.1:5573")
+    firewall_nodes: dict[str, SocketSettings] = Field(
+        default_factory=dict,
+        description="multi-node: node id -> that node's firewall endpoint (replaces `firewall` when set)",
+    )
+    drop_fanout: FanoutPolicy = Field(
+        "all", description="DROP goes to the firewall of every node (all) or of the node that saw it (origin)"
+    )
 
     @model_validator(mode="after")
     def _some_model(self) -> DetectorSettings:

@@ -93,35 +93,43 @@ class Detector:
         s = score(fast_scores, ml_by_model, rules, th)
         explain = self._explain(st, x, s, ml_by_model)
         scored_ns = time.time_ns()
-        th_pb = thresholds_proto(th)
-        versions = st.models.versions
-        node = st.settings.node_id
+        # fields shared by the whole batch are set once on a template and copied (C-level CopyFrom)
+        template = detection_pb2.DetectionEvent(config_revision=st.revision, node_id=st.settings.node_id)
+        template.model_versions.update(st.models.versions)
+        template.thresholds.CopyFrom(thresholds_proto(th))
+        template.timestamps.scored_ns = scored_ns
+        cols = {k: v.tolist() for k, v in ml_by_model.items()}
+        fast_l, ml_l, final_l, div_l = (
+            fast_scores.tolist(),
+            s.ml.tolist(),
+            s.final.tolist(),
+            s.divergence.tolist(),
+        )
+        cls_l, ver_l, dec_l = s.classification.tolist(), s.verdict.tolist(), s.decision.tolist()
+        rag_l = s.rag_required.tolist()
         events = []
         for i, rec in enumerate(records):
-            ev = detection_pb2.DetectionEvent(
-                event_id=uuid7(scored_ns),
-                fast_score=float(fast_scores[i]),
-                ml_score=float(s.ml[i]),
-                final_score=float(s.final[i]),
-                divergence=float(s.divergence[i]),
-                classification=int(s.classification[i]),
-                verdict=int(s.verdict[i]),
-                decision=int(s.decision[i]),
-                attack_type=s.winner[i],
-                rag_required=bool(s.rag_required[i]),
-                config_revision=st.revision,
-                node_id=node,
-            )
+            ev = detection_pb2.DetectionEvent()
+            ev.CopyFrom(template)
+            ev.event_id = uuid7(scored_ns)
+            ev.fast_score = fast_l[i]
+            ev.ml_score = ml_l[i]
+            ev.final_score = final_l[i]
+            ev.divergence = div_l[i]
+            ev.classification = cls_l[i]
+            ev.verdict = ver_l[i]
+            ev.decision = dec_l[i]
+            ev.attack_type = s.winner[i]
+            ev.rag_required = rag_l[i]
             ev.flow.CopyFrom(rec)
-            ev.rules.extend(rules[i])
-            for k, v in ml_by_model.items():
-                ev.ml_scores[k] = float(v[i])
-            ev.model_versions.update(versions)
-            ev.thresholds.CopyFrom(th_pb)
+            if rules[i]:
+                ev.rules.extend(rules[i])
+            scores = ev.ml_scores
+            for k, col in cols.items():
+                scores[k] = col[i]
             ts = ev.timestamps
             ts.captured_ns = rec.captured_ns
             ts.exported_ns = rec.exported_ns
-            ts.scored_ns = scored_ns
             if i in explain:
                 ev.explanation.extend(explain[i])
             events.append(ev)

@@ -32,6 +32,7 @@ class DetectorMetrics:
     revision: Gauge
     context_sources: Gauge
     sequence_gaps: Counter
+    unrouted: Counter
 
     def observe(self, s: Scores, ml_by_model: dict[str, np.ndarray], seconds: float) -> None:
         """Count one scored batch; score histograms are filled in bulk (numpy), not per flow."""
@@ -103,6 +104,11 @@ def detector_metrics() -> DetectorMetrics:
                     sequence_gaps=Counter(
                         "mld_ml_detector_batch_sequence_gaps",
                         "FlowBatch messages missing (sequence jumps)",
+                        ["node"],
+                    ),
+                    unrouted=Counter(
+                        "mld_ml_detector_unrouted_events",
+                        "Events whose origin node has no entry in firewall_nodes (sent to every firewall)",
                         ["node"],
                     ),
                 )

@@ -206,7 +206,7 @@ class FlowTable:
         slots = self._occupied()
         if len(slots):
             t = self._t
-            slots = slots[np.argsort(t["bfirst"][slots], kind="stable")]
+            slots = slots[_export_order(t, slots, by_first=True)]
             reason = np.where(
                 t["term_ts"][slots] >= 0, np.where(t["term_rst"][slots], END_RST, END_FIN), WINDOW
             )
@@ -245,7 +245,7 @@ class FlowTable:
         """Turn rows `idx` of `cols` into records (ordered by last, first seen) ready to leave."""
         if not len(idx):
             return
-        order = np.lexsort((cols["bfirst"][idx], cols["blast"][idx])) if sort else np.arange(len(idx))
+        order = _export_order(cols, idx, by_first=False) if sort else np.arange(len(idx))
         recs = build_records(_take(cols, idx[order]), np.asarray(reasons)[order], self)
         c = self.counters
         c.flows_exported += len(recs)
@@ -283,10 +283,9 @@ class FlowTable:
         kmat[:, 4] = hi_lo
         kmat[:, 5] = (lo_port.astype(np.uint64) << np.uint64(16)) | hi_port.astype(np.uint64)
         kmat[:, 6] = 0
-        kview = np.ascontiguousarray(kmat).view(np.dtype((np.void, 7 * 8))).ravel()
-        ukeys, inv = np.unique(kview, return_inverse=True)
-        inv = inv.ravel()
-        key_bytes = [u.tobytes() for u in ukeys]
+        kmat = np.ascontiguousarray(kmat)
+        key_rows, inv = _unique_rows(kmat)
+        key_bytes = [kmat[i].tobytes() for i in key_rows.tolist()]
         uslot = np.fromiter(
             (self._index.get(kb, -1) for kb in key_bytes), dtype=np.int64, count=len(key_bytes)
         )
@@ -541,6 +540,34 @@ class FlowTable:
         pick = np.argpartition(last, count - 1)[:count] if count < len(slots) else np.arange(len(slots))
         self.counters.evicted += count
         self._export_slots(slots[pick], np.full(count, EVICTED, dtype=np.int64))
+
+
+def _export_order(cols: Cols, idx: I64, by_first: bool) -> I64:
+    """Deterministic order of rows `idx`: by last (or first) seen, then first (or last) seen,
+    then the key, so ties never depend on table slots or batch cuts."""
+    a, b = ("bfirst", "blast") if by_first else ("blast", "bfirst")
+    keys = [cols[f][idx] for f in ("dport", "sport", "d_lo", "d_hi", "s_lo", "s_hi", "proto", "vlan", b, a)]
+    order: I64 = np.lexsort(keys)
+    return order
+
+
+def _unique_rows(kmat: npt.NDArray[np.uint64]) -> tuple[I64, I64]:
+    """(a row index per distinct key, key number of every row) for rows of key words.
+
+    Grouping runs on a 64-bit hash of the words (a fast integer sort instead of a 56-byte
+    comparison sort); a hash shared by different keys is detected and then the exact way is used.
+    """
+    with np.errstate(over="ignore"):
+        h = np.zeros(len(kmat), dtype=np.uint64)
+        for j in range(kmat.shape[1]):
+            h = wire.splitmix64(h ^ kmat[:, j])
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.ravel()
+    if np.array_equal(kmat[first[inv]], kmat):
+        return first.astype(np.int64), inv.astype(np.int64)
+    kview = kmat.view(np.dtype((np.void, kmat.shape[1] * 8))).ravel()
+    _, first, inv = np.unique(kview, return_index=True, return_inverse=True)
+    return first.astype(np.int64), inv.ravel().astype(np.int64)
 
 
 def _prev_term_rst(seg: I64, key_first: B, term_rst_seg: B, o_termrst: B) -> B:

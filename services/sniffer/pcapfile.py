@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.sniffer.errors import CaptureFileError
+from services.sniffer.native import pcap_walk
 
 LINKTYPE_ETHERNET = 1
 MAX_RECORD_BYTES = 262_144  # libpcap's MAXIMUM_SNAPLEN: anything larger is a corrupt header
@@ -107,11 +108,17 @@ def _read_pcap(p: str, data: Buffer) -> Capture:
         )
     unpack = struct.Struct(endian + "IIII").unpack_from
     n = len(data)
-    offs = _walk_le(data, n) if endian == "<" else _walk_struct(data, n, unpack)
-    off = offs.pop() if offs else 24  # the walk returns where it stopped as its last element
+    buf = np.frombuffer(data, dtype=np.uint8)
+    native = pcap_walk(buf, 24, endian == ">", MAX_RECORD_BYTES)
+    if native is not None:
+        rec, off = native
+    else:
+        offs = _walk_le(data, n) if endian == "<" else _walk_struct(data, n, unpack)
+        off = offs.pop()  # the walk returns where it stopped as its last element
+        rec = np.array(offs, dtype=np.int64)
     error: CaptureFileError | None = None
     if off < n:
-        k = len(offs) + 1
+        k = len(rec) + 1
         if off + 16 > n:
             what = f"truncated at packet {k} (byte {off}): record header needs 16 bytes, {n - off} left"
         else:
@@ -123,11 +130,9 @@ def _read_pcap(p: str, data: Buffer) -> Capture:
             else:
                 what = f"truncated at packet {k} (byte {off}): record needs {incl} bytes, {n - off - 16} left"
         error = CaptureFileError(
-            what, p, f"the first {len(offs)} packets were used; re-capture or cut the file with editcap"
+            what, p, f"the first {len(rec)} packets were used; re-capture or cut the file with editcap"
         )
     # headers of every record at once: (sec, frac, incl) gathered from the record offsets
-    rec = np.array(offs, dtype=np.int64)
-    buf = np.frombuffer(data, dtype=np.uint8)
     hdr = np.ascontiguousarray(buf[rec[:, None] + np.arange(12)]).view(endian + "u4").astype(np.int64)
     sec, frac, incl = hdr[:, 0], hdr[:, 1], hdr[:, 2]
     ts = sec * 1_000_000_000 + frac * ts_mult

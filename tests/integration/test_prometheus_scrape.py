@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -70,54 +72,66 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return out
 
 
-def check_scrape(
-    var_dir: Path,
-    targets: Mapping[str, str],
-    etcd_target: str | None,
-    require_data: bool,
-    may_be_empty: frozenset[str] = CONDITIONAL_PANELS,
-) -> dict[str, Any]:
-    """Start Prometheus on these targets, wait until every one is up, then run every panel's query.
+def wait_all_up(url: str, targets: Mapping[str, str], etcd_target: str | None) -> dict[str, str]:
+    """Wait until Prometheus scraped every target (and etcd, and itself) as up, three times over."""
+    expected = len(targets) + (1 if etcd_target else 0) + 1  # + Prometheus itself
 
-    Returns what it saw, for the caller's own assertions; raises AssertionError with the reason.
+    def all_up() -> dict[str, str]:
+        health = target_health(url)
+        down = {k: v for k, v in health.items() if v != "up"}
+        assert len(health) == expected and not down, f"targets {health}"
+        return health
+
+    health: dict[str, str] = wait_for(all_up, timeout=40, interval=0.25, what="every scrape target up")
+    for service in targets:
+        svc = service.replace("-", "_")
+        got = query(url, f'up{{job="ml-defender", service="{svc}"}}')
+        assert [s["value"][1] for s in got] == ["1"], f"up for {svc}: {got}"
+    # rate() needs two scrapes of a target inside its window
+    thrice = f'count(count_over_time(up{{job=~"ml-defender|etcd"}}[{RATE_WINDOW}]) >= 3)'
+    wait_for(
+        lambda: [s for s in query(url, thrice) if int(s["value"][1]) == expected - 1],
+        timeout=30,
+        what="three scrapes of every target",
+    )
+    return health
+
+
+def check_panels(
+    url: str, require_data: bool, may_be_empty: frozenset[str] = CONDITIONAL_PANELS
+) -> list[str]:
+    """Run every panel's queries: all must be valid; with require_data each panel must return a series.
+
+    Returns the panels without data (allowed ones included).
     """
+    with_data: dict[str, bool] = {}
+    errors = []
+    for title, expr in dashboard_queries():
+        try:
+            result = query(url, expr)
+        except Exception as exc:  # an invalid query is a failure, reported with the others
+            errors.append(f"{title}: {exc}")
+            continue
+        with_data[title] = with_data.get(title, False) or bool(result)
+    assert not errors, "queries Prometheus refused:\n" + "\n".join(errors)
+    assert len(with_data) >= 30, f"only {len(with_data)} panels with queries"
+    empty = sorted(t for t, ok in with_data.items() if not ok)
+    if require_data:
+        missing = [t for t in empty if t not in may_be_empty]
+        assert not missing, "panels without data: " + ", ".join(missing)
+    return empty
+
+
+def check_scrape(
+    var_dir: Path, targets: Mapping[str, str], etcd_target: str | None, require_data: bool
+) -> dict[str, Any]:
+    """Start Prometheus on these targets, wait until every one is up, then run every panel's query."""
     plan = start_prometheus(var_dir, targets, etcd_target=etcd_target, port=0, scrape_interval_s=1)
     assert plan is not None
     with PrometheusProcess(plan):
-        expected = len(targets) + (1 if etcd_target else 0) + 1  # + Prometheus itself
-
-        def all_up() -> dict[str, str]:
-            health = target_health(plan.url)
-            down = {k: v for k, v in health.items() if v != "up"}
-            assert len(health) == expected and not down, f"targets {health}"
-            return health
-
-        health = wait_for(all_up, timeout=40, interval=0.25, what="every scrape target up")
-        for service in targets:
-            svc = service.replace("-", "_")
-            got = query(plan.url, f'up{{job="ml-defender", service="{svc}"}}')
-            assert [s["value"][1] for s in got] == ["1"], f"up for {svc}: {got}"
-        # rate() needs two scrapes of a target inside its window
-        twice = f'count(count_over_time(up{{job=~"ml-defender|etcd"}}[{RATE_WINDOW}]) >= 3)'
-        wait_for(
-            lambda: [s for s in query(plan.url, twice) if int(s["value"][1]) == expected - 1],
-            timeout=30,
-            what="three scrapes of every target",
-        )
-        with_data: dict[str, bool] = {}
-        errors = []
-        for title, expr in dashboard_queries():
-            try:
-                result = query(plan.url, expr)
-            except Exception as exc:  # an invalid query is a failure, reported with the others
-                errors.append(f"{title}: {exc}")
-                continue
-            with_data[title] = with_data.get(title, False) or bool(result)
-        assert not errors, "queries Prometheus refused:\n" + "\n".join(errors)
-        empty = sorted(t for t, ok in with_data.items() if not ok and t not in may_be_empty)
-        if require_data:
-            assert not empty, "panels without data: " + ", ".join(empty)
-        return {"url": plan.url, "health": health, "panels": sorted(with_data), "empty_panels": empty}
+        health = wait_all_up(plan.url, targets, etcd_target)
+        empty = check_panels(plan.url, require_data)
+        return {"url": plan.url, "health": health, "empty_panels": empty}
 
 
 @pytest.fixture
@@ -214,33 +228,44 @@ def test_a_killed_service_shows_down_is_restarted_and_the_pipeline_reconnects(
     from libs.lab.plan import SERVICES, LabSettings
 
     lab_dir = tmp_path / "lab"
-    up = lab_cmd(
-        "up", "--ports", "auto", "--lab-dir", str(lab_dir), "--artifacts-dir", str(tmp_path / "artifacts"),
-        "--pace", "fast", "--timeout", "90",
-    )  # fmt: skip
     try:
+        up = lab_cmd(
+            "up", "--ports", "auto", "--lab-dir", str(lab_dir), "--artifacts-dir", str(tmp_path / "artifacts"),
+            "--pace", "fast", "--timeout", "90",
+        )  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr
         lab = LabSettings.model_validate_json((lab_dir / "lab.json").read_text())
         targets = {svc: f"127.0.0.1:{lab.ports.metrics(svc)}" for svc in SERVICES}
+        etcd_target = f"127.0.0.1:{lab.ports.etcd_client}"
         plan = start_prometheus(
-            tmp_path / "prom",
-            targets,
-            etcd_target=f"127.0.0.1:{lab.ports.etcd_client}",
-            port=0,
-            scrape_interval_s=1,
+            tmp_path / "prom", targets, etcd_target=etcd_target, port=0, scrape_interval_s=1
         )
         assert plan is not None
         with PrometheusProcess(plan):
-            wait_for(
-                lambda: value(plan.url, 'sum(up{job=~"ml-defender|etcd"})') == len(SERVICES) + 1,
+            wait_all_up(plan.url, targets, etcd_target)
+            # one request to the RAG service, so that its query panels have something to show
+            ask = subprocess.run(
+                [str(lab.venv_bin / "mld-rag"), "stats", "--config", str(lab.config_dir / "rag.json")],
+                capture_output=True,
+                text=True,
                 timeout=60,
-                what="every lab service and etcd up in Prometheus",
+                check=False,
             )
+            assert ask.returncode == 0, ask.stdout + ask.stderr
+            scraped = f"count_over_time(mld_rag_query_seconds_count[{RATE_WINDOW}]) >= 3"
+            wait_for(lambda: query(plan.url, scraped), timeout=30, what="the RAG request scraped three times")
+            wait_for(
+                lambda: query(plan.url, "sum(mld_firewall_banned_addresses) > 0"),
+                timeout=90,
+                what="a first ban",
+            )
+            check_panels(plan.url, require_data=True, may_be_empty=frozenset({"Sniffer / XDP flow map"}))
             flows = "sum(mld_ml_detector_flows_scored_total)"
             wait_for(lambda: (value(plan.url, flows) or 0) > 0, timeout=60, what="flows scored")
             before = {s.name: s.pid for s in control.program_states(lab)}
             victim = "ml-detector"
-            os.kill(before[victim], 9)
+            killed_at = time.monotonic()
+            os.kill(before[victim], signal.SIGKILL)
             # supervisord restarts it with a new pid; status reports the real state
             wait_for(
                 lambda: any(
@@ -266,9 +291,9 @@ def test_a_killed_service_shows_down_is_restarted_and_the_pipeline_reconnects(
                 what="the detector up again",
             )
             # the others never went down, and the pipeline flows again through the new detector
-            assert (
-                value(plan.url, 'min(min_over_time(up{job="ml-defender", service!="ml_detector"}[2m]))') == 1
-            )
+            since = f"{int(time.monotonic() - killed_at) + 2}s"
+            others = f'min(min_over_time(up{{job="ml-defender", service!="ml_detector"}}[{since}]))'
+            assert value(plan.url, others) == 1, "another service went down with the detector"
             wait_for(
                 lambda: (value(plan.url, flows) or 0) > 0, timeout=60, what="flows scored by the new detector"
             )

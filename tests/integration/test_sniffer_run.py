@@ -166,7 +166,9 @@ def test_sigterm_without_a_consumer_does_not_hang(shared_pcaps: Path, tmp_path: 
     cfg.write_text(json.dumps(doc))
     proc = start(cfg)
     try:
-        wait_for(lambda: metric(scrape(mport), "mld_sniffer_packets_total") > 0, timeout=30, what="packets counted")
+        wait_for(
+            lambda: metric(scrape(mport), "mld_sniffer_packets_total") > 0, timeout=30, what="packets counted"
+        )
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     finally:

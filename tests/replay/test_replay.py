@@ -28,7 +28,7 @@ CASE_NAMES = sorted(p.name for p in CASES.iterdir() if (p / "case.json").exists(
 
 def pcap_of(shared: Path, name: str) -> Path:
     summary = json.loads((CASES / name / "case.json").read_text())
-    return shared / summary["pcap"]
+    return shared / str(summary["pcap"])
 
 
 def same(a: Any, b: Any) -> bool:

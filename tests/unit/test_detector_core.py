@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ml_defender.v1 import detection_pb2, flow_pb2
 
 from libs.common.events import event_to_dict, uuid7_time_ns
-from ml_defender.v1 import detection_pb2, flow_pb2
 from services.ml_detector.config import DetectorSettings
 from services.ml_detector.detector import Detector
 from services.ml_detector.models import load_model_set
@@ -66,7 +66,9 @@ def test_swap_changes_thresholds_for_the_next_batch(settings: DetectorSettings, 
     recs = ssh_records(shared_pcaps)
     det = Detector(settings, load_model_set(settings))
     strict = settings.model_copy(
-        update={"thresholds": settings.thresholds.model_copy(update={"drop": 1.0, "alert": 1.0, "rag_final": 1.0})}
+        update={
+            "thresholds": settings.thresholds.model_copy(update={"drop": 1.0, "alert": 1.0, "rag_final": 1.0})
+        }
     )
     det.swap(strict, det.state.models, revision=9)
     res = det.score(recs)

@@ -24,7 +24,7 @@ def pcap(tmp_path: Path) -> Path:
         ether(ipv4("10.0.0.3", "10.0.0.4", 17, udp(5353, 5353))),
         b"\x00" * 8,
     ]
-    return write_pcap(tmp_path / "small.pcap", frames, [T0 + i for i in range(4)])
+    return write_pcap(tmp_path / "small.pcap", frames, [T0 + i * 1000 for i in range(4)])
 
 
 def test_flows_jsonl(pcap: Path) -> None:

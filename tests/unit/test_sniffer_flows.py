@@ -261,7 +261,7 @@ def test_records_match_plain_protobuf_construction() -> None:
         end_reason=flow_pb2.END_REASON_WINDOW,
         node_id="test",
         captured_ns=rec.captured_ns,
-        features=flow_pb2.FlowFeatures(**features_dict(rec.features)),  # type: ignore[arg-type]
+        features=flow_pb2.FlowFeatures(**features_dict(rec.features)),
     )
     assert rec.SerializeToString(deterministic=True) == manual.SerializeToString(deterministic=True)
 
@@ -416,3 +416,25 @@ def test_table_survives_mutated_frames_and_clock_steps(
     assert sum(r.features.bidirectional_packets for r in out) == table.counters.ip_packets
     assert table.counters.ip_packets + sum(table.counters.malformed.values()) == len(items)
     assert all(r.features.bidirectional_duration_ms >= 0 for r in out)
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_native_record_walk_matches_python_walk(tmp_path: Path, big_endian: bool) -> None:
+    """The C helper (when it builds) and the Python walk find the same records and stop point."""
+    from services.sniffer import native, pcapfile
+
+    frames = [c2s("S", b"x" * (i * 37 % 700)) for i in range(300)]
+    path = write_pcap(tmp_path / "w.pcap", frames, [T0 + i for i in range(300)], big_endian=big_endian)
+    data = path.read_bytes()[:-5]  # damaged last record
+    walked = native.pcap_walk(np.frombuffer(data, np.uint8), 24, big_endian, pcapfile.MAX_RECORD_BYTES)
+    if walked is None:
+        pytest.skip("no C compiler: the Python walk is used")
+    import struct
+
+    py = (
+        pcapfile._walk_struct(data, len(data), struct.Struct(">IIII").unpack_from)
+        if big_endian
+        else pcapfile._walk_le(data, len(data))
+    )
+    assert walked[0].tolist() == py[:-1] and walked[1] == py[-1]
+    assert len(py) - 1 == 299

@@ -42,7 +42,20 @@ def write_cards(
             ]
             for k in mine
         ]
-        loco = [c for c in report["shared_leave_one_capture_out"]]
+        loco = list(report["shared_leave_one_capture_out"])
+        caps = held["captures"]
+        n_attackers = sum(len(c["attackers"]) for c in caps)
+        n_caught = sum(len(c["attackers_flagged"]) for c in caps)
+        n_fp = sum(len(c["benign_addresses_flagged"]) for c in caps)
+        n_benign = sum(c.get("benign_addresses", 0) for c in caps)
+        fp_list = (
+            ", ".join(
+                f"{c['capture']}: {len(c['benign_addresses_flagged'])}"
+                for c in caps
+                if c["benign_addresses_flagged"]
+            )
+            or "none"
+        )
         loco_rows = [
             [
                 c["capture"],
@@ -97,12 +110,16 @@ This model alone, its own kinds vs benign flows:
 
 {_table([[pm["precision"], pm["recall"], pm["f1"], pm["fpr"], pm["tp"], pm["fp"], pm["fn"], pm["tn"]]], ["precision", "recall", "F1", "FPR", "TP", "FP", "FN", "TN"])}
 
-Per attack kind (precision/recall/F1/FPR of the full detector, max over the four models; last
-column: recall of this model alone):
+Per attack kind (the full detector, max over the four models, per flow; precision and FPR count
+the benign flows of the held-out captures that contain that kind; last column: recall of this
+model alone):
 
 {_table(kind_rows, ["kind", "precision", "recall", "F1", "FPR", "recall (this model)"])}
 
 Benign flows flagged by any model on held-out captures: FPR {held["benign_flow_fpr_any_model"]}.
+By address (what the firewall would block) on the {len(held["captures"])} held-out captures:
+attackers flagged {n_caught}/{n_attackers}; benign addresses flagged {n_fp} of {n_benign}
+({fp_list}).
 
 ## Public captures, leave-one-capture-out (all four models retrained without the capture)
 

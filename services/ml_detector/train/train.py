@@ -176,6 +176,7 @@ def evaluate(boosters: dict[str, lgb.Booster], caps: Sequence[CaptureData]) -> d
         attackers = sorted({str(s) for s in c.src[~ben]})
         caught = sorted({str(s) for s in c.src[flagged & ~ben]})
         false_addr = sorted({str(s) for s in c.src[flagged & ben]})
+        n_benign_addr = len({str(s) for s in c.src[ben]} - set(attackers))
         captures.append(
             {
                 "capture": c.name,
@@ -184,6 +185,7 @@ def evaluate(boosters: dict[str, lgb.Booster], caps: Sequence[CaptureData]) -> d
                 "attackers": attackers,
                 "attackers_flagged": caught,
                 "benign_addresses_flagged": false_addr,
+                "benign_addresses": n_benign_addr,
             }
         )
     kinds_out = {k: _prf(v["tp"], v["fp"], v["fn"], v["tn"]) for k, v in sorted(per_kind.items())}
