@@ -67,13 +67,11 @@ def flow_records(limit: int) -> list[flow_pb2.FlowRecord]:
 def batches(recs: list[flow_pb2.FlowRecord], flows: int) -> list[bytes]:
     """Serialized FlowBatch messages of BATCH flows, `flows` in all (records tiled)."""
     out = []
-    seq = 0
-    for lo in range(0, flows, BATCH):
+    for seq, lo in enumerate(range(0, flows, BATCH)):
         b = flow_pb2.FlowBatch(node_id="bench", sequence=seq)
         for j in range(lo, min(lo + BATCH, flows)):
             b.flows.append(recs[j % len(recs)])
         out.append(b.SerializeToString())
-        seq += 1
     return out
 
 
@@ -92,7 +90,9 @@ def run_workers(n: int, msgs: list[bytes], flows: int, run_dir: Path, timeout_s:
         s.bind(ep)
         sinks.append(s)
     procs = [
-        detector_proc(f"scale-{n}-det-{i}", detector_doc(f"det-{i}", in_ep, rag_ep, firewall_ep=fw_ep), run_dir)
+        detector_proc(
+            f"scale-{n}-det-{i}", detector_doc(f"det-{i}", in_ep, rag_ep, firewall_ep=fw_ep), run_dir
+        )
         for i in range(n)
     ]
     counts = [0, 0]
@@ -151,11 +151,13 @@ def run_workers(n: int, msgs: list[bytes], flows: int, run_dir: Path, timeout_s:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer flows; ends within a minute")
-    ap.add_argument("--workers", default="1,2,4", help="comma-separated worker counts; the first is the baseline")
+    ap.add_argument(
+        "--workers", default="1,2,4", help="comma-separated worker counts; the first is the baseline"
+    )
     ap.add_argument("--flows", type=int, default=None, help="flows per measurement")
     args = ap.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
-    flows = args.flows or (30_000 if args.quick else 200_000)
+    flows = args.flows or (16_000 if args.quick else 200_000)
     recs = flow_records(20_000)
     msgs = batches(recs, flows)
     result: dict[str, object] = {"flows": flows, "batch_flows": BATCH, "cpu_cores": os.cpu_count()}
@@ -165,7 +167,9 @@ def main() -> None:
             r = run_workers(n, msgs, flows, Path(tmp), timeout_s=300)
             base = base or r["flows_per_s"]
             ratio = r["flows_per_s"] / base
-            print(f"{n} worker(s): {r['flows_per_s']:,.0f} flows/s ({r['wall_s']:.2f} s) ratio vs {counts[0]}: {ratio:.2f}")
+            print(
+                f"{n} worker(s): {r['flows_per_s']:,.0f} flows/s ({r['wall_s']:.2f} s) ratio vs {counts[0]}: {ratio:.2f}"
+            )
             result[f"workers_{n}_flows_per_s"] = round(r["flows_per_s"])
             result[f"workers_{n}_ratio_vs_{counts[0]}"] = round(ratio, 3)
     print(json.dumps(result))

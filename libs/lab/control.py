@@ -101,7 +101,7 @@ def wait_running(lab: LabSettings, names: list[str], timeout_s: float) -> list[P
     )
 
 
-def metrics_up(port: int, timeout_s: float = 1.0) -> bool:
+def metrics_up(port: int, timeout_s: float = 3.0) -> bool:
     """True when a service's /metrics answers with HTTP 200."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as resp:

@@ -142,9 +142,17 @@ def existing_namespaces() -> list[str]:
 
 
 def create_network() -> None:
-    """Build the topology from nothing (a leftover one is removed first); all or nothing."""
+    """Build the topology from nothing (crash leftovers are removed first); all or nothing.
+
+    The namespace names are global: one live lab per host. A running one is never replaced."""
     if os.geteuid() != 0:
         raise LiveError("live mode needs root (network namespaces, XDP, nftables); use --mode replay")
+    busy = [ns for ns in existing_namespaces() if ns_pids(ns)]
+    if busy:
+        raise LiveError(
+            f"a live lab is already running here (namespaces {', '.join(busy)}); stop it first with "
+            "`mld-lab down --lab-dir DIR` (its lab dir) or `python -m libs.lab.live down`"
+        )
     destroy_network()
     try:
         for cmd in topology_commands():

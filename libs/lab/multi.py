@@ -11,19 +11,26 @@ and etcd members listen on each node's address (the etcd of node i runs in names
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import zmq
+from ml_defender.v1 import config_pb2, detection_pb2, flow_pb2
+from zmq.utils.monitor import recv_monitor_message
 
 from libs.common.errors import ConfigError, MLDefenderError
 
@@ -171,9 +178,9 @@ class EtcdCluster:
             "--initial-cluster-state",
             state,
             "--heartbeat-interval",
-            "50",
+            "100",
             "--election-timeout",
-            "500",
+            "1000",
             "--logger",
             "zap",
             "--log-level",
@@ -235,7 +242,7 @@ def detector_doc(
     doc: dict[str, Any] = {
         "node_id": node_id,
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
-        "input": {"endpoint": input_ep, "hwm": 64},
+        "input": {"endpoint": input_ep, "hwm": 8},  # little in flight per worker: less lost in a crash
         "rag_logger": {**out, "endpoint": rag_ep},
         "drop_fanout": drop_fanout,
     }
@@ -278,3 +285,155 @@ def sigterm_all(procs: Sequence[Proc]) -> None:
             p.signal(signal.SIGTERM)
     for p in procs:
         p.stop()
+
+
+# -- firewall agents ------------------------------------------------------------------------
+def firewall_doc(
+    node_id: str, input_ep: str, run_dir: Path, backend: str = "dry_run", table: str = "ml_defender"
+) -> dict[str, Any]:
+    """A FirewallSettings document for one node's agent (dry_run journals under run_dir)."""
+    return {
+        "node_id": node_id,
+        "metrics": {"host": "127.0.0.1", "port": 0},
+        "input": {"endpoint": input_ep, "bind": True},
+        "backend": backend,
+        "table": table,
+        "dry_run_journal": str(run_dir / f"firewall-{node_id}.jsonl"),
+        "batch_interval_ms": 2.0,
+    }
+
+
+def firewall_proc(
+    name: str,
+    doc: dict[str, Any],
+    run_dir: Path,
+    etcd_url: str | None = None,
+    events_ep: str = "",
+    netns: str | None = None,
+) -> Proc:
+    """A `mld-firewall run` process (not started); with `etcd_url` it follows config/firewall live."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = run_dir / f"{name}.json"
+    cfg.write_text(json.dumps(doc, indent=2))
+    argv = [str(BIN / "mld-firewall"), "run", "--config", str(cfg)]
+    if etcd_url:
+        argv += [
+            "--etcd",
+            etcd_url,
+            "--config-cache",
+            str(run_dir / "config-cache"),
+            "--config-events",
+            events_ep,
+        ]
+    return Proc(name, argv, run_dir / f"{name}.log", netns)
+
+
+# -- traffic and evidence -------------------------------------------------------------------
+def make_batch(
+    seq: int, flows: int, origin: str, attacker: str | None = None, first_id: int = 1
+) -> flow_pb2.FlowBatch:
+    """A FlowBatch of `flows` flows seen at node `origin`, flow ids first_id.. (unique per test).
+
+    With `attacker`, every flow comes from that address and the fast detector scored it 0.95
+    (a DROP whatever the models say); otherwise sources are 198.18.200.x with no fast score.
+    """
+    b = flow_pb2.FlowBatch(node_id=origin, sequence=seq, sent_ns=time.time_ns())
+    for j in range(flows):
+        fid = first_id + j
+        r = b.flows.add(flow_id=fid, node_id=origin, interface="veth0")
+        src = attacker or f"198.18.200.{fid % 250 + 1}"
+        r.key.src_addr = ipaddress.ip_address(src).packed
+        r.key.dst_addr = ipaddress.ip_address("198.18.250.1").packed
+        r.key.src_port, r.key.dst_port, r.key.protocol = 30000 + fid % 30000, 22, 6
+        r.first_seen_ns = r.last_seen_ns = r.captured_ns = time.time_ns()
+        b.fast.add(score=0.95 if attacker else 0.0, rules=["lab_attack"] if attacker else [])
+    return b
+
+
+class EventSink:
+    """A PULL socket (the rag-logger's place) that records every DetectionEvent and ConfigChange."""
+
+    def __init__(self, endpoint: str, ctx: zmq.Context[Any]) -> None:
+        self.sock = ctx.socket(zmq.PULL)
+        self.sock.rcvhwm = 1_000_000
+        self.sock.bind(endpoint)
+        self.endpoint = endpoint
+        self.flow_ids: collections.Counter[int] = collections.Counter()
+        self.by_worker: collections.Counter[str] = collections.Counter()
+        self.changes: list[config_pb2.ConfigChange] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="event-sink", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(50):
+                continue
+            while True:
+                try:
+                    kind, body = self.sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                with self._lock:
+                    if kind == b"ml_defender.v1.DetectionEvent":
+                        ev = detection_pb2.DetectionEvent.FromString(body)
+                        self.flow_ids[ev.flow.flow_id] += 1
+                        self.by_worker[ev.node_id] += 1
+                    elif kind == b"ml_defender.v1.ConfigChange":
+                        self.changes.append(config_pb2.ConfigChange.FromString(body))
+        self.sock.close(0)
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(self.flow_ids.values())
+
+    def snapshot(self) -> tuple[collections.Counter[int], collections.Counter[str]]:
+        with self._lock:
+            return collections.Counter(self.flow_ids), collections.Counter(self.by_worker)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class FlowSource:
+    """The sniffer's side of the detector input: a bound PUSH that knows how many workers joined."""
+
+    def __init__(self, endpoint: str, ctx: zmq.Context[Any], hwm: int = 8) -> None:
+        self.sock = ctx.socket(zmq.PUSH)
+        self.sock.sndhwm = hwm  # small: a busy or dead worker's share goes to the others
+        self.mon = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.sock.bind(endpoint)
+        self.endpoint = endpoint
+        self.peers = 0
+
+    def _events(self, timeout_ms: int) -> None:
+        while self.mon.poll(timeout_ms):
+            ev = recv_monitor_message(self.mon)
+            self.peers += 1 if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED else -1
+            timeout_ms = 0
+
+    def wait_peers(self, n: int, timeout_s: float, procs: Sequence[Proc] = ()) -> None:
+        """Wait until `n` workers are connected (they connect after loading their models)."""
+
+        def ok() -> bool:
+            self._events(50)
+            for p in procs:
+                if p.popen is not None and p.popen.poll() is not None:
+                    raise LabError(
+                        f"{p.name} exited with {p.popen.returncode}", str(p.log_path), "read its log"
+                    )
+            return self.peers >= n
+
+        wait_until(ok, timeout_s, f"{n} detector workers connected", interval_s=0.0)
+
+    def send(self, batch: flow_pb2.FlowBatch) -> None:
+        self.sock.send_multipart([b"ml_defender.v1.FlowBatch", batch.SerializeToString()])
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.mon.close(0)
+        self.sock.close(0)

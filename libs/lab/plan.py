@@ -136,31 +136,36 @@ def service_overrides(lab: LabSettings) -> dict[str, dict[str, Any]]:
                 "pcap_paths": [str(x) for x in lab.pcaps],
                 "pace": lab.pace,
                 "loop": lab.loop,
+                # Replayed packets are shifted to "now" so events, queries and latencies are current.
+                "rebase_time": True,
             },
             "output": {"endpoint": f"{t}{p.flows}", "bind": True},
         },
         "ml-detector": {
             "metrics": metrics["ml-detector"],
+            "models_dir": str(REPO / "models"),
+            "engine_cache_dir": str(lab.lab_dir / "cache" / "ml_detector"),
             "input": {"endpoint": f"{t}{p.flows}", "bind": False},
-            "firewall_output": {"endpoint": f"{t}{p.firewall}", "bind": False},
-            "logger_output": {"endpoint": f"{t}{p.rag_logger}", "bind": False},
+            "firewall": {"endpoint": f"{t}{p.firewall}", "bind": False},
+            "rag_logger": {"endpoint": f"{t}{p.rag_logger}", "bind": False},
         },
         "rag-logger": {
             "metrics": metrics["rag-logger"],
             "input": {"endpoint": f"{t}{p.rag_logger}", "bind": True},
-            "artifacts_dir": str(lab.artifacts_dir),
+            "artifacts_root": str(lab.artifacts_dir),
         },
         "rag": {
             "metrics": metrics["rag"],
-            "artifacts_dir": str(lab.artifacts_dir),
-            "index_dir": str(lab.lab_dir / "rag-index"),
-            "query_endpoint": f"{t}{p.rag_query}",
+            "index": {"dir": str(lab.lab_dir / "rag-index")},
+            "ingest": {"artifacts_root": str(lab.artifacts_dir)},
+            "query": {"endpoint": f"{t}{p.rag_query}"},
+            "tuning": {"etcd_endpoint": lab.etcd_url},
         },
         "firewall": {
             "metrics": metrics["firewall"],
             "input": {"endpoint": f"{t}{p.firewall}", "bind": True},
             "backend": lab.firewall_backend,
-            "dry_run_log": str(lab.dry_run_log),
+            "dry_run_journal": str(lab.dry_run_log),
         },
     }
 

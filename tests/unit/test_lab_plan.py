@@ -37,8 +37,8 @@ def test_endpoints_pair_up_between_services(tmp_path: Path) -> None:
     o = service_overrides(lab)
     assert o["sniffer"]["output"]["endpoint"] == o["ml-detector"]["input"]["endpoint"]
     assert o["sniffer"]["output"]["bind"] and not o["ml-detector"]["input"]["bind"]
-    assert o["ml-detector"]["firewall_output"]["endpoint"] == o["firewall"]["input"]["endpoint"]
-    assert o["ml-detector"]["logger_output"]["endpoint"] == o["rag-logger"]["input"]["endpoint"]
+    assert o["ml-detector"]["firewall"]["endpoint"] == o["firewall"]["input"]["endpoint"]
+    assert o["ml-detector"]["rag_logger"]["endpoint"] == o["rag-logger"]["input"]["endpoint"]
     metrics_ports = {o[s]["metrics"]["port"] for s in SERVICES}
     assert len(metrics_ports) == len(SERVICES)
 

@@ -135,7 +135,7 @@ def _check_accounting(frames: list[bytes]) -> None:
     assert (pk.size >= 0).all() and (pk.sport <= 65535).all()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=120), min_size=1, max_size=20))
 def test_fuzz_random_bytes_never_crash(frames: list[bytes]) -> None:
     _check_accounting(frames)
@@ -149,7 +149,7 @@ SEEDS = [
 ]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(SEEDS),
     st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),

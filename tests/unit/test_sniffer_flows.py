@@ -182,7 +182,7 @@ FLAGS = ["S", "SA", "A", "PA", "FA", "RA", "R", ""]
 
 @st.composite
 def packet_stream(draw: st.DrawFn) -> list[tuple[int, bytes]]:
-    n = draw(st.integers(1, 60))
+    n = draw(st.integers(1, 40))
     t = T0
     out = []
     for _ in range(n):
@@ -219,7 +219,7 @@ def feed(
 CFG = settings_with(idle_timeout_s=120, active_timeout_s=300, tcp_close_linger_s=2)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(packet_stream(), st.lists(st.integers(0, 60), max_size=8))
 def test_records_do_not_depend_on_batch_cuts(packets: list[tuple[int, bytes]], cuts: list[int]) -> None:
     whole = feed(packets, [], CFG)
@@ -228,7 +228,7 @@ def test_records_do_not_depend_on_batch_cuts(packets: list[tuple[int, bytes]], c
     assert sum(r.features.bidirectional_packets for r in whole) == len(packets)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(packet_stream(), st.lists(st.integers(0, 60), max_size=4))
 def test_vectorised_splitter_matches_sequential_oracle(
     packets: list[tuple[int, bytes]], cuts: list[int]
@@ -379,7 +379,7 @@ def test_stats_and_table_settings_swap() -> None:
     assert math.isclose(table.flow_settings.idle_timeout_s, 1)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
         st.tuples(
