@@ -98,7 +98,7 @@ def main() -> int:
     names = [n for n in a.scenarios.split(",") if n] or (
         ["portscan", "synflood", "smb-sweep"] if a.quick else [*FAST, "slow-scan"]
     )
-    settle_s, block_timeout_s = (1.0, 5.0) if a.quick else (2.0, 10.0)
+    settle_s, block_timeout_s = (1.0, 5.0) if a.quick else (4.0, 10.0)
     for n in names:
         if n not in attacks.SCENARIOS:
             print(f"bench/e2e_latency.py: error: unknown scenario {n!r}", file=sys.stderr)

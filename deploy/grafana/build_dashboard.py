@@ -326,9 +326,11 @@ ML_DETECTOR: list[Panel] = [
             ),
             Q("sum(mld_ml_detector_context_sources)", "sources tracked"),
             Q(rate("mld_ml_detector_batch_sequence_gaps_total", "node"), "missing batches/s from {{node}}"),
+            Q(rate("mld_ml_detector_unrouted_events_total", "node"), "events from unmapped node {{node}}/s"),
             Q(rate("mld_ml_detector_model_reloads_total", "result"), "model reloads {{result}}"),
         ],
-        description="Loaded models (1 = in use), LRU context size and FlowBatch sequence gaps (lost batches).",
+        description="Loaded models (1 = in use), LRU context size, FlowBatch sequence gaps (lost batches) and "
+        "events from nodes missing in firewall_nodes (sent to every firewall).",
     ),
 ]
 

@@ -33,12 +33,17 @@ class SocketSettings(BaseModel, extra="forbid"):
     hwm: int = Field(10_000, ge=1, description="high-water mark in messages")
     send_timeout_ms: int = Field(1000, ge=-1, description="-1 blocks when the peer is full")
     linger_ms: int = Field(5000, ge=0, description="how long close() waits to flush queued messages")
+    extra_endpoints: tuple[str, ...] = Field(
+        (), description="connecting side only: more peers on the same socket (e.g. every node's sniffer)"
+    )
     curve: CurveSettings | None = Field(
         None, description="CURVE encryption + client authentication (between hosts); None = plaintext"
     )
 
     @model_validator(mode="after")
     def _curve_side(self) -> SocketSettings:
+        if self.bind and self.extra_endpoints:
+            raise ValueError("extra_endpoints is for a connecting socket (bind: false)")
         if self.curve is not None:
             if self.bind and not self.curve.authorized_keys_dir:
                 raise ValueError(
@@ -66,7 +71,8 @@ def _open(
         if s.bind:
             sock.bind(s.endpoint)
         else:
-            sock.connect(s.endpoint)
+            for ep in (s.endpoint, *s.extra_endpoints):
+                sock.connect(ep)
     except zmq.ZMQError as exc:
         guard.close(sock)
         sock.close(0)

@@ -326,6 +326,67 @@ def status(ctx: click.Context, node: str | None) -> None:
         click.echo(line)
 
 
+def node_health(heartbeat: dict[str, Any], ttl_left_s: int, ttl_s: int, config: dict[str, Any] | None) -> str:
+    """healthy / degraded (last config change refused, or a restart pending) / stale (beats missed)."""
+    if ttl_left_s >= 0 and ttl_s > 0 and ttl_left_s < ttl_s / 3:
+        return "stale"  # the lease is refreshed every ttl/3: two beats were missed
+    if heartbeat.get("pending_restart") or "failed" in str(heartbeat.get("status", "")):
+        return "degraded"
+    if config is not None and config.get("result") == "REJECTED":
+        return "degraded"
+    return "healthy"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line instead of a table")
+@click.pass_context
+@handle_errors(PROG)
+def nodes(ctx: click.Context, as_json: bool) -> None:
+    """Registered nodes and their services (leased heartbeats nodes/<node>/<service>) with health.
+
+    A service that stops beating disappears when its lease (10 s) expires; one whose lease is
+    running out is `stale`; `degraded` when its last configuration change was refused or a
+    restart is pending.
+    """
+    client = _client(ctx)
+    rows = []
+    for kv in client.get_prefix("nodes/"):
+        parts = kv.key.split("/")
+        if len(parts) != 3:
+            continue
+        hb = client.decode(kv)
+        ttl_left, ttl = -1, 0
+        if kv.lease:
+            lease = client._post("kv/lease/timetolive", {"ID": kv.lease})
+            ttl_left, ttl = int(lease.get("TTL", -1)), int(lease.get("grantedTTL", 0))
+        st = client.get(f"status/{parts[1]}/{parts[2]}/config")
+        rows.append(
+            {
+                "node": parts[1],
+                "service": parts[2],
+                "health": node_health(hb, ttl_left, ttl, st),
+                "pid": hb.get("pid"),
+                "version": hb.get("version"),
+                "config_revision": hb.get("config_revision"),
+                "lease_ttl_left_s": ttl_left,
+                "status": hb.get("status"),
+            }
+        )
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, sort_keys=True))
+        return
+    if not rows:
+        click.echo(f"{PROG}: no node registered under {client.full_key('nodes/')}")
+        return
+    click.echo(f"{'NODE':<16} {'SERVICE':<12} {'HEALTH':<9} {'PID':>7} {'REVISION':>8} {'TTL':>4}  STATUS")
+    for r in rows:
+        click.echo(
+            f"{r['node']:<16} {r['service']:<12} {r['health']:<9} {r['pid']!s:>7} "
+            f"{r['config_revision']!s:>8} {r['lease_ttl_left_s']:>4}  {r['status']}"
+        )
+
+
 @main.command()
 @click.argument("service", required=False, type=click.Choice(sorted(SERVICE_MODELS)))
 @click.option(

@@ -56,9 +56,9 @@ def portscan(lab: LabSettings, src: str) -> list[Attack]:
 
 
 def synflood(lab: LabSettings, src: str) -> list[Attack]:
-    # 2,000 SYN/s for 1.5 s at most, to the open web port: rate-limited and bounded.
+    # 2,000 SYN/s for 0.75 s, to the open web port: rate-limited and bounded.
     argv = ["hping3", "-q", "-S", "-p", str(live.HTTP_PORT), "-a", src, "-I", IFACE, "-i", "u500",
-            "-c", "3000", VICTIM]  # fmt: skip
+            "-c", "1500", VICTIM]  # fmt: skip
     return [Attack("synflood", argv, 20)]
 
 

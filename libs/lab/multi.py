@@ -437,3 +437,378 @@ class FlowSource:
         self.sock.disable_monitor()
         self.mon.close(0)
         self.sock.close(0)
+
+
+# -- the namespace lab ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class MultiPlan:
+    """Names and addresses of one multi-node lab (all inside namespaces: the host is untouched).
+
+    One L2 segment 198.18.0.0/24 on a bridge in the `core` namespace (which runs the shared
+    parts at .1); node i at .11+i, the attacker at .66.
+    """
+
+    lab_dir: Path
+    prefix: str = "mldmn"
+    nodes: tuple[str, ...] = ("a", "b", "c")
+    detectors: int = 2
+    with_rag: bool = True
+    drop_fanout: str = "all"
+    table: str = "ml_defender"
+    subnet: str = "198.18.0"
+
+    @property
+    def core_ns(self) -> str:
+        return f"{self.prefix}-core"
+
+    @property
+    def attacker_ns(self) -> str:
+        return f"{self.prefix}-atk"
+
+    @property
+    def core_addr(self) -> str:
+        return f"{self.subnet}.1"
+
+    @property
+    def attacker_addr(self) -> str:
+        return f"{self.subnet}.66"
+
+    def ns(self, node: str) -> str:
+        return f"{self.prefix}-{node}"
+
+    def addr(self, node: str) -> str:
+        return f"{self.subnet}.{11 + self.nodes.index(node)}"
+
+    def etcd_url(self, node: str) -> str:
+        return f"http://{self.addr(node)}:2379"
+
+
+def _ns_exec(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def supports_etcd(script: str) -> bool:
+    """Whether `<script> run` takes --etcd yet (services are being wired to etcd one by one)."""
+    out = subprocess.run([str(BIN / script), "run", "--help"], capture_output=True, text=True, check=False)
+    return "--etcd" in out.stdout
+
+
+class MultiLab:
+    """Build, run and tear down the multi-node lab described by a MultiPlan."""
+
+    def __init__(self, plan: MultiPlan) -> None:
+        self.plan = plan
+        self.procs: list[Proc] = []
+        self.run_dir = plan.lab_dir / "run"
+        members = [
+            EtcdMember(n, plan.addr(n), 2379, 2380, plan.lab_dir / f"etcd-{n}", plan.ns(n))
+            for n in plan.nodes
+        ]
+        self.cluster = EtcdCluster(members, plan.lab_dir / "run", token=f"{plan.prefix}-etcd")
+
+    # network ---------------------------------------------------------------------------------
+    def namespaces(self) -> list[str]:
+        p = self.plan
+        return [p.core_ns, *(p.ns(n) for n in p.nodes), p.attacker_ns]
+
+    def net_up(self) -> None:
+        check_root()
+        p = self.plan
+        existing = run(["ip", "netns", "list"]).stdout
+        for ns in self.namespaces():
+            if ns in existing.split():
+                raise ConfigError(
+                    f"namespace {ns} already exists", "run-lab-multi", "run `make kill-lab-multi`"
+                )
+        for ns in self.namespaces():
+            run(["ip", "netns", "add", ns])
+            run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        core = p.core_ns
+        run(["ip", "-n", core, "link", "add", "br0", "type", "bridge"])
+        run(["ip", "-n", core, "addr", "add", f"{p.core_addr}/24", "dev", "br0"])
+        run(["ip", "-n", core, "link", "set", "br0", "up"])
+        legs = [(n, p.ns(n), p.addr(n)) for n in p.nodes] + [("atk", p.attacker_ns, p.attacker_addr)]
+        for name, ns, addr in legs:
+            port = f"p-{name}"
+            run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    port,
+                    "netns",
+                    core,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    ns,
+                ]
+            )
+            run(["ip", "-n", core, "link", "set", port, "master", "br0", "up"])
+            run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
+            run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+
+    def net_down(self) -> None:
+        existing = run(["ip", "netns", "list"], check=False).stdout.split()
+        for ns in self.namespaces():
+            if ns in existing:
+                run(["ip", "netns", "del", ns], check=False)  # its veths and nftables tables go with it
+
+    # services --------------------------------------------------------------------------------
+    def _write(self, name: str, doc: dict[str, Any]) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / f"{name}.json"
+        path.write_text(json.dumps(doc, indent=2))
+        return path
+
+    def _svc(self, name: str, script: str, doc: dict[str, Any], ns: str, etcd_url: str | None) -> Proc:
+        argv = [str(BIN / script), "run", "--config", str(self._write(name, doc))]
+        if etcd_url and supports_etcd(script):
+            argv += [
+                "--etcd",
+                etcd_url,
+                "--config-cache",
+                str(self.plan.lab_dir / "config-cache"),
+                "--config-events",
+                f"tcp://{self.plan.core_addr}:5573",
+            ]
+        proc = Proc(name, _ns_exec(ns, *argv), self.run_dir / f"{name}.log")
+        self.procs.append(proc)
+        return proc.start()
+
+    def services_up(self, timeout_s: float = 120.0) -> None:
+        p = self.plan
+        core = p.core_ns
+        self.cluster.start(timeout_s=60)
+        t = "tcp://"
+        self._svc(
+            "rag-logger",
+            "mld-rag-logger",
+            {
+                "node_id": "core",
+                "metrics": {"host": p.core_addr, "port": 9103},
+                "input": {"endpoint": f"{t}{p.core_addr}:5573", "bind": True},
+                "artifacts_root": str(p.lab_dir / "artifacts"),
+            },
+            core,
+            p.etcd_url(p.nodes[0]),
+        )
+        for n in p.nodes:
+            a = p.addr(n)
+            self._svc(
+                f"firewall-{n}",
+                "mld-firewall",
+                {
+                    "node_id": n,
+                    "metrics": {"host": a, "port": 9105},
+                    "input": {"endpoint": f"{t}{a}:5572", "bind": True},
+                    "backend": "nftables",
+                    "table": p.table,
+                    "batch_interval_ms": 2.0,
+                },
+                p.ns(n),
+                p.etcd_url(n),
+            )
+            self._svc(
+                f"sniffer-{n}",
+                "mld-sniffer",
+                {
+                    "node_id": n,
+                    "metrics": {"host": a, "port": 9101},
+                    "capture": {"source": "afpacket", "interface": "eth0"},
+                    # the node's own replies are not captured (outgoing is ignored): a scan's
+                    # unanswered-looking attempts end by idle time, so the lab keeps that short
+                    "flows": {
+                        "idle_timeout_s": 1.0,
+                        "tcp_close_linger_s": 0.03,
+                        "export_interval_ms": 10,
+                        "export_batch_size": 256,
+                    },
+                    "output": {"endpoint": f"{t}{a}:5571", "bind": True},
+                },
+                p.ns(n),
+                p.etcd_url(n),
+            )
+        sniffers = [f"{t}{p.addr(n)}:5571" for n in p.nodes]
+        for i in range(1, p.detectors + 1):
+            doc = detector_doc(
+                f"det-{i}",
+                sniffers[0],
+                f"{t}{p.core_addr}:5573",
+                firewall_nodes={n: f"{t}{p.addr(n)}:5572" for n in p.nodes},
+                drop_fanout=p.drop_fanout,
+                extra={"explain": {"max_per_batch": 2}, "batch": {"max_flows": 256}},
+            )
+            doc["input"]["extra_endpoints"] = sniffers[1:]
+            doc["metrics"] = {"host": p.core_addr, "port": 9101 + i * 10}
+            self._svc(f"detector-{i}", "mld-detector", doc, core, p.etcd_url(p.nodes[i % len(p.nodes)]))
+        if p.with_rag:
+            self._svc(
+                "rag",
+                "mld-rag",
+                {
+                    "node_id": "core",
+                    "metrics": {"host": p.core_addr, "port": 9104},
+                    "ingest": {"artifacts_root": str(p.lab_dir / "artifacts")},
+                    "index": {"dir": str(p.lab_dir / "rag-index")},
+                    "query": {"endpoint": f"{t}{p.core_addr}:5574"},
+                },
+                core,
+                p.etcd_url(p.nodes[0]),
+            )
+        self.save_state()
+
+    def exited(self) -> list[str]:
+        """Services that are no longer running (with their exit codes), for readiness checks."""
+        return [
+            f"{p.name} (exit {p.popen.returncode}, log {p.log_path})"
+            for p in [*self.procs, *self._etcd_procs()]
+            if p.popen is not None and p.popen.poll() is not None
+        ]
+
+    def save_state(self) -> None:
+        state = {
+            "namespaces": self.namespaces(),
+            "pids": {p.name: p.popen.pid for p in [*self.procs, *self._etcd_procs()] if p.popen is not None},
+        }
+        (self.plan.lab_dir / "state.json").write_text(json.dumps(state, indent=2))
+
+    def _etcd_procs(self) -> list[Proc]:
+        return [m.proc for m in self.cluster.members if m.proc is not None]
+
+    def up(self) -> None:
+        self.plan.lab_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.net_up()
+            self.services_up()
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> None:
+        sigterm_all(self.procs)
+        self.cluster.stop()
+        self.net_down()
+        with contextlib.suppress(FileNotFoundError):
+            (self.plan.lab_dir / "state.json").unlink()
+
+    # checks ----------------------------------------------------------------------------------
+    def blocked(self, node: str, addr: str) -> bool:
+        """Whether `addr` is an element of the node's nftables sets (inside its namespace)."""
+        out = run(
+            _ns_exec(self.plan.ns(node), "nft", "-j", "list", "table", "inet", self.plan.table), check=False
+        )
+        return out.returncode == 0 and f'"{addr}"' in out.stdout
+
+    def attack(self, node: str, ports: str = "1-200") -> subprocess.CompletedProcess[str]:
+        """A SYN scan from the attacker namespace against `node` (closed ports answer RST)."""
+        return run(
+            _ns_exec(
+                self.plan.attacker_ns,
+                "nmap",
+                "-n",
+                "-Pn",
+                "-sS",
+                "-p",
+                ports,
+                "--max-retries",
+                "0",
+                "-T4",
+                "--host-timeout",
+                "20s",
+                self.plan.addr(node),
+            ),
+            check=False,
+        )
+
+    def nodes_table(self) -> str:
+        p = self.plan
+        out = run(
+            _ns_exec(p.ns(p.nodes[0]), str(BIN / "mld-config"), "--etcd", p.etcd_url(p.nodes[0]), "nodes"),
+            check=False,
+        )
+        return out.stdout + out.stderr
+
+
+def down_from_state(lab_dir: Path, prefix: str = "mldmn") -> None:
+    """Tear down a lab started by another process: its recorded pids (checked), then its namespaces."""
+    state_path = lab_dir / "state.json"
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        for name, pid in state.get("pids", {}).items():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"mld-" in cmdline or b"etcd" in cmdline:  # the pid is still ours, not a reused one
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                    print(f"stopping {name} (pid {pid})")
+        deadline = time.monotonic() + 15
+        for pid in state.get("pids", {}).values():
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                if Path(f"/proc/{pid}").exists():
+                    os.kill(pid, signal.SIGKILL)
+        state_path.unlink()
+    MultiLab(MultiPlan(lab_dir, prefix=prefix)).net_down()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m libs.lab.multi up|down|status|attack [--dir DIR]` (the run-lab-multi targets)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="mld-lab-multi", description=__doc__.split("\n\n")[0] if __doc__ else ""
+    )
+    ap.add_argument("command", choices=("up", "down", "status", "attack"))
+    ap.add_argument("--dir", type=Path, default=REPO / "var" / "lab-multi", help="lab directory (logs, data)")
+    ap.add_argument("--fanout", choices=("all", "origin"), default="all", help="detector drop_fanout")
+    ap.add_argument("--no-rag", action="store_true", help="leave out the rag service (saves ~1 GB RAM)")
+    args = ap.parse_args(argv)
+    plan = MultiPlan(args.dir.resolve(), drop_fanout=args.fanout, with_rag=not args.no_rag)
+    lab = MultiLab(plan)
+    try:
+        if args.command == "up":
+            if (plan.lab_dir / "state.json").exists():
+                raise ConfigError("a multi-node lab is already up", str(plan.lab_dir), "make kill-lab-multi")
+            for d in ("run", "artifacts", "config-cache", *(f"etcd-{n}" for n in plan.nodes)):
+                shutil.rmtree(plan.lab_dir / d, ignore_errors=True)
+            lab.up()
+            print(f"multi-node lab up in {plan.lab_dir} (logs in run/)")
+            print(f"  nodes {', '.join(f'{n}={plan.addr(n)} (netns {plan.ns(n)})' for n in plan.nodes)}")
+            print(
+                f"  core {plan.core_addr} (netns {plan.core_ns}): {plan.detectors} detectors, rag-logger"
+                + (", rag" if plan.with_rag else "")
+            )
+            print(f"  etcd cluster: {', '.join(lab.cluster.endpoints())}")
+            print(f"  attacker {plan.attacker_addr} (netns {plan.attacker_ns}); try: make attack-lab-multi")
+            print("  status: make status-lab-multi; stop: make kill-lab-multi")
+        elif args.command == "down":
+            down_from_state(plan.lab_dir, plan.prefix)
+            print("multi-node lab down")
+        elif args.command == "status":
+            for n in plan.nodes:
+                print(
+                    f"etcd {n}: {'healthy' if lab.cluster.members[plan.nodes.index(n)].healthy() else 'DOWN'}"
+                )
+            print(lab.nodes_table())
+        else:
+            out = lab.attack(plan.nodes[0])
+            print(out.stdout[-800:])
+            ok = wait_until(
+                lambda: all(lab.blocked(n, plan.attacker_addr) for n in plan.nodes) or None, 10, "blocks"
+            )
+            print(f"{plan.attacker_addr} blocked at {', '.join(plan.nodes)}: {bool(ok)}")
+    except MLDefenderError as err:
+        print(f"mld-lab-multi: error: {err.message}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

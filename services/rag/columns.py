@@ -199,21 +199,27 @@ class Columns:
             idx = idx[np.isfinite(sims[idx])]
         if len(idx) == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        ts, final, div = a["ts_ns"][idx], a["final"][idx], a["div"][idx]
-        if sims is not None:
-            keys: tuple[np.ndarray, ...] = (-ts, -final, -np.round(sims[idx], 3))
-        elif order == "recent":
-            keys = (-ts,)
-        elif order == "oldest":
-            keys = (ts,)
+        # The primary key first: only candidates that can reach the first `limit` get the full sort.
+        primary_of: dict[str, Any] = {
+            "similarity": lambda i: -np.round(sims[i], 3) if sims is not None else None,
+            "recent": lambda i: -a["ts_ns"][i],
+            "oldest": lambda i: a["ts_ns"][i],
+            "divergence": lambda i: -a["div"][i],
+        }
+        order = "similarity" if sims is not None else order
+        primary = primary_of.get(order, lambda i: -a["final"][i])(idx)
+        if len(idx) > limit:
+            cut = np.partition(primary, limit - 1)[limit - 1]
+            keep = primary <= cut
+            idx, primary = idx[keep], primary[keep]
+        ts = a["ts_ns"][idx]
+        if order == "similarity":
+            keys: tuple[np.ndarray, ...] = (-ts, -a["final"][idx], primary)
+        elif order in ("recent", "oldest"):
+            keys = (primary,)
         elif order == "divergence":
-            keys = (-ts, -div)
+            keys = (-ts, primary)
         else:
-            keys = (-ts, -div, -final)
-        if len(idx) > 4 * limit:  # only the best candidates need a full sort
-            first = np.argpartition(keys[-1], limit - 1)[:limit]
-            cut = keys[-1][first].max()
-            keep = keys[-1] <= cut
-            idx, keys = idx[keep], tuple(k[keep] for k in keys)
+            keys = (-ts, -a["div"][idx], primary)
         chosen = idx[np.lexsort(keys)[:limit]]
         return a["rowid"][chosen], (sims[chosen] if sims is not None else np.full(len(chosen), np.nan))

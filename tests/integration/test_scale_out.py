@@ -13,6 +13,7 @@ restarted worker scores again); and a DROP seen at node A reaches the firewall o
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import pytest
 import zmq
+from click.testing import CliRunner
 from helpers import free_port, wait_for
 
+from libs.etcd_client.cli import main as config_main
 from libs.etcd_client.client import EtcdClient
 from libs.etcd_client.errors import EtcdUnavailable
 from libs.lab.multi import (
@@ -152,6 +155,7 @@ def test_kill_worker_and_etcd_member_under_load(lab: Lab) -> None:
     lab.source.wait_peers(2, 90, workers)
     for n in NODES:
         wait_for(lambda n=n: _applied(c0, n) >= rev, 30, what=f"firewall {n} on revision {rev}")
+    assert _nodes(lab) == {n: "healthy" for n in NODES}
 
     # Before: every flow scored once, by both workers (round-robin).
     before = lab.send(40)
@@ -208,4 +212,16 @@ def test_kill_worker_and_etcd_member_under_load(lab: Lab) -> None:
     lab.send(1, origin="a", attacker=ATTACKER)
     for n in NODES:
         wait_for(lambda n=n: _journal_has(lab, n, ATTACKER), 20, what=f"{ATTACKER} blocked at node {n}")
-    time.sleep(0)  # nothing else to wait for: processes are stopped by the fixture
+
+    # `mld-config nodes` lists the three agents (heartbeats) as healthy, agent c included again.
+    wait_for(
+        lambda: _nodes(lab) == {n: "healthy" for n in NODES}, 20, what="mld-config nodes: a, b, c healthy"
+    )
+
+
+def _nodes(lab: Lab) -> dict[str, str]:
+    res = CliRunner().invoke(config_main, ["--etcd", lab.cluster.members[0].client_url, "nodes", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.splitlines()]
+    assert all(r["lease_ttl_left_s"] > 0 for r in rows), rows
+    return {r["node"]: r["health"] for r in rows if r["service"] == "firewall"}
