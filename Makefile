@@ -10,7 +10,8 @@ APT_PACKAGES := etcd-server etcd-client nftables ipset iptables clang llvm libbp
 LAB ?=
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup apt venv bpf test test-unit test-fast run-lab status-lab kill-lab logs-lab proto proto-check \
+.PHONY: setup apt venv bpf test test-unit test-fast run-lab status-lab kill-lab logs-lab \
+	run-lab-multi status-lab-multi attack-lab-multi kill-lab-multi proto proto-check \
 	lint typecheck bench train clean
 
 ## setup: system packages (apt-get), .venv and the project in editable mode; idempotent and quick when done
@@ -73,6 +74,20 @@ kill-lab: $(STAMP)
 
 logs-lab: $(STAMP)
 	$(VENV)/bin/mld-lab logs
+
+## run-lab-multi: three node namespaces (sniffer + firewall + etcd member each), two detector workers,
+## rag-logger and rag in a core namespace, an attacker namespace; root. MULTI_ARGS="--fanout origin --no-rag"
+run-lab-multi: setup
+	$(PY) -m libs.lab.multi up $(MULTI_ARGS)
+
+status-lab-multi: $(STAMP)
+	$(PY) -m libs.lab.multi status
+
+attack-lab-multi: $(STAMP)
+	$(PY) -m libs.lab.multi attack
+
+kill-lab-multi: $(STAMP)
+	$(PY) -m libs.lab.multi down
 
 ## train: reproducible model training (see models/*/card.md)
 train: setup

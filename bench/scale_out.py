@@ -9,7 +9,7 @@ Workers start and load models before the clock starts (all of them connected, se
 monitor). On a 2-core machine expect the ratio to flatten at 2 workers: the bench process shares
 those cores. Last line: one JSON object.
 
-    .venv/bin/python bench/scale_out.py [--quick] [--workers 1,2,4] [--flows 200000]
+    .venv/bin/python bench/scale_out.py [--quick] [--workers 1,2,4] [--flows 60000]
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--flows", type=int, default=None, help="flows per measurement")
     args = ap.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
-    flows = args.flows or (16_000 if args.quick else 200_000)
+    flows = args.flows or (16_000 if args.quick else 60_000)
     recs = flow_records(20_000)
     msgs = batches(recs, flows)
     result: dict[str, object] = {"flows": flows, "batch_flows": BATCH, "cpu_cores": os.cpu_count()}

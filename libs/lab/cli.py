@@ -166,6 +166,9 @@ def up(
     write_configs(lab, docs)
     (lab.lab_dir / "lab.json").write_text(lab.model_dump_json(indent=2))
     programs = [etcd_program(lab), *service_programs(lab)]
+    prom = _prometheus(lab)
+    if prom is not None:
+        programs.append(prom.program())
     lab.supervisor_conf.write_text(render_supervisord(lab, programs))
     try:
         control.start_supervisord(lab, lab.venv_bin)
@@ -174,6 +177,25 @@ def up(
         click.echo(f"mld-lab: error: {err}", err=True)
         sys.exit(1)
     _print_where(lab)
+    if prom is not None:
+        click.echo(f"  prometheus {prom.url}")
+    else:
+        click.echo("  prometheus not installed (apt-get install prometheus); metrics are still served above")
+
+
+def _prometheus(lab: LabSettings) -> Any:
+    """Debian's Prometheus scraping every service, when installed and wanted."""
+    if not lab.prometheus:
+        return None
+    from libs.lab.prometheus import start_prometheus
+
+    p = lab.ports
+    return start_prometheus(
+        lab.lab_dir,
+        {s: f"127.0.0.1:{p.metrics(s)}" for s in SERVICES},
+        etcd_target=f"127.0.0.1:{p.etcd_client}",
+        port=p.prometheus,
+    )
 
 
 def _up_live(lab: LabSettings, artifacts_dir: Path | None, ports: str, timeout_s: float) -> int:
@@ -250,6 +272,9 @@ def down(lab_dir: Path | None) -> None:
     killed = control.shutdown(lab)
     if killed:
         click.echo(f"killed leftover processes: {killed}")
+    if lab.mode != "live":
+        click.echo("lab stopped")
+        return
     from libs.lab import live
 
     gone = live.teardown(lab)  # live mode; also after a crash (found by name)

@@ -32,6 +32,7 @@ import zmq
 from ml_defender.v1 import config_pb2, detection_pb2, flow_pb2
 from zmq.utils.monitor import recv_monitor_message
 
+from libs.common import curve
 from libs.common.errors import ConfigError, MLDefenderError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -456,6 +457,7 @@ class MultiPlan:
     drop_fanout: str = "all"
     table: str = "ml_defender"
     subnet: str = "198.18.0"
+    curve: bool = True  # CURVE on the links between namespaces that carry flows and events
 
     @property
     def core_ns(self) -> str:
@@ -579,9 +581,40 @@ class MultiLab:
         self.procs.append(proc)
         return proc.start()
 
+    def keys(self) -> dict[str, dict[str, Any]]:
+        """CURVE settings per socket role: sniffers and firewalls are servers, detectors clients.
+
+        One key pair per role keeps the lab short (every sniffer serves with the `sensor` key, so a
+        detector's single input socket can connect to all of them); each server accepts only the
+        detectors' public key. A real deployment makes one pair per host with `mld-keys`.
+        """
+        d = self.plan.lab_dir / "keys"
+        for role in ("sensor", "firewall", "detector"):
+            if not (d / f"{role}.key_secret").exists():
+                curve.generate(d, role, force=True)
+        allowed = d / "authorized"
+        allowed.mkdir(exist_ok=True)
+        shutil.copyfile(d / "detector.key", allowed / "detector.key")
+        return {
+            "sensor": {"secret_key_file": str(d / "sensor.key_secret"), "authorized_keys_dir": str(allowed)},
+            "firewall": {
+                "secret_key_file": str(d / "firewall.key_secret"),
+                "authorized_keys_dir": str(allowed),
+            },
+            "to_sensor": {
+                "secret_key_file": str(d / "detector.key_secret"),
+                "server_key_file": str(d / "sensor.key"),
+            },
+            "to_firewall": {
+                "secret_key_file": str(d / "detector.key_secret"),
+                "server_key_file": str(d / "firewall.key"),
+            },
+        }
+
     def services_up(self, timeout_s: float = 120.0) -> None:
         p = self.plan
         core = p.core_ns
+        k: dict[str, dict[str, Any] | None] = dict(self.keys()) if p.curve else {}
         self.cluster.start(timeout_s=60)
         t = "tcp://"
         self._svc(
@@ -604,10 +637,12 @@ class MultiLab:
                 {
                     "node_id": n,
                     "metrics": {"host": a, "port": 9105},
-                    "input": {"endpoint": f"{t}{a}:5572", "bind": True},
+                    "input": {"endpoint": f"{t}{a}:5572", "bind": True, "curve": k.get("firewall")},
                     "backend": "nftables",
                     "table": p.table,
                     "batch_interval_ms": 2.0,
+                    # etcd members and pipeline peers are never blocked, whatever a model says
+                    "allow": {"peers": [p.core_addr, *(p.addr(m) for m in p.nodes)]},
                 },
                 p.ns(n),
                 p.etcd_url(n),
@@ -627,7 +662,7 @@ class MultiLab:
                         "export_interval_ms": 10,
                         "export_batch_size": 256,
                     },
-                    "output": {"endpoint": f"{t}{a}:5571", "bind": True},
+                    "output": {"endpoint": f"{t}{a}:5571", "bind": True, "curve": k.get("sensor")},
                 },
                 p.ns(n),
                 p.etcd_url(n),
@@ -643,6 +678,9 @@ class MultiLab:
                 extra={"explain": {"max_per_batch": 2}, "batch": {"max_flows": 256}},
             )
             doc["input"]["extra_endpoints"] = sniffers[1:]
+            doc["input"]["curve"] = k.get("to_sensor")
+            for fw in doc["firewall_nodes"].values():
+                fw["curve"] = k.get("to_firewall")
             doc["metrics"] = {"host": p.core_addr, "port": 9101 + i * 10}
             self._svc(f"detector-{i}", "mld-detector", doc, core, p.etcd_url(p.nodes[i % len(p.nodes)]))
         if p.with_rag:
@@ -769,8 +807,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=REPO / "var" / "lab-multi", help="lab directory (logs, data)")
     ap.add_argument("--fanout", choices=("all", "origin"), default="all", help="detector drop_fanout")
     ap.add_argument("--no-rag", action="store_true", help="leave out the rag service (saves ~1 GB RAM)")
+    ap.add_argument("--no-curve", action="store_true", help="plaintext ZeroMQ between namespaces")
     args = ap.parse_args(argv)
-    plan = MultiPlan(args.dir.resolve(), drop_fanout=args.fanout, with_rag=not args.no_rag)
+    plan = MultiPlan(
+        args.dir.resolve(), drop_fanout=args.fanout, with_rag=not args.no_rag, curve=not args.no_curve
+    )
     lab = MultiLab(plan)
     try:
         if args.command == "up":

@@ -182,6 +182,11 @@ class SnifferApp:
             m.xdp_map_entries.set(st["map_entries"])
         if "map_capacity" in st:
             m.xdp_map_capacity.set(st["map_capacity"])
+        if "map_fill_permille" in st:
+            m.xdp_map_fill.set(st["map_fill_permille"])
+            m.xdp_ringbuf_full.inc(delta("ringbuf_full"))
+            m.xdp_lost_packets.inc(delta("lost_packets"))
+            m.xdp_notices_lost.inc(delta("notice_lost"))
         self._last_stats = st
 
 

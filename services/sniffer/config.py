@@ -51,6 +51,16 @@ class FlowSettings(BaseModel):
         le=300,
         description="after FIN both ways or RST, stray packets within this time stay in the flow",
     )
+    half_open_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "a flow whose responder has sent nothing is exported (IDLE) after this long without a"
+            " packet, so unanswered probes are scored quickly; 0 = off (NFStream behaviour). Keep it"
+            " above the worst round-trip time, or slow answers split from their request"
+        ),
+    )
     export_batch_size: int = Field(512, ge=1, le=100_000, description="flows per FlowBatch message")
     export_interval_ms: int = Field(
         200, ge=1, le=60_000, description="max wait before a partial batch is sent"
@@ -94,6 +104,15 @@ class XdpSettings(BaseModel):
     mode: Literal["generic", "native"] = "generic"
     map_max_entries: int = Field(262_144, ge=1024)
     sweep_interval_ms: int = Field(500, ge=10, le=60_000)
+    ringbuf_kib: int = Field(
+        4096, ge=4, le=1 << 20, description="ring buffer for flow notices (KiB, a power of two)"
+    )
+
+    @model_validator(mode="after")
+    def _pow2(self) -> XdpSettings:
+        if self.ringbuf_kib & (self.ringbuf_kib - 1):
+            raise ValueError(f"xdp.ringbuf_kib must be a power of two, got {self.ringbuf_kib}")
+        return self
 
 
 def _default_output() -> SocketSettings:
@@ -125,6 +144,7 @@ HOT_FIELDS: tuple[str, ...] = (
     "flows.idle_timeout_s",
     "flows.active_timeout_s",
     "flows.tcp_close_linger_s",
+    "flows.half_open_timeout_s",
     "flows.export_batch_size",
     "flows.export_interval_ms",
 )

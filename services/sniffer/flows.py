@@ -8,7 +8,8 @@ path (small batches) give the same records for the same packets.
 
 Flow rules (the XDP path follows them too):
 - the initiator (sender of the flow's first packet) is src;
-- a flow ends when no packet came for `idle_timeout_s` (IDLE), when it is older than
+- a flow ends when no packet came for `idle_timeout_s` (IDLE; `half_open_timeout_s` instead while
+  the responder has sent nothing, so unanswered probes leave quickly), when it is older than
   `active_timeout_s` (ACTIVE, the next packet starts a new flow), after TCP FIN from both sides or
   an RST (FIN/RST: later packets within `tcp_close_linger_s` still belong to it unless they open
   a new connection with a bare SYN), when the table is full (EVICTED, oldest last-seen first), or
@@ -184,13 +185,14 @@ class FlowTable:
         slots = self._occupied()
         if len(slots):
             t = self._t
-            idle = now_ns - t["blast"][slots] > int(fs.idle_timeout_s * 1e9)
+            idle_ns = _idle_ns(fs, t["pk"][slots, 1] == 0)
+            idle = now_ns - t["blast"][slots] > idle_ns
             term_ts = t["term_ts"][slots]
             term = (term_ts >= 0) & (now_ns > term_ts + int(fs.tcp_close_linger_s * 1e9))
             active = now_ns - t["bfirst"][slots] > int(fs.active_timeout_s * 1e9)
             done = idle | term | active
             if done.any():
-                idle_first = t["blast"][slots] + int(fs.idle_timeout_s * 1e9) <= t["bfirst"][slots] + int(
+                idle_first = t["blast"][slots] + idle_ns <= t["bfirst"][slots] + int(
                     fs.active_timeout_s * 1e9
                 )
                 reason = np.where(
@@ -260,6 +262,9 @@ class FlowTable:
         idle_ns = int(fs.idle_timeout_s * 1e9)
         active_ns = int(fs.active_timeout_s * 1e9)
         linger_ns = int(fs.tcp_close_linger_s * 1e9)
+        half_ns = int(fs.half_open_timeout_s * 1e9)
+        if half_ns >= idle_ns:
+            half_ns = 0  # the idle rule already covers it
 
         # canonical orientation: the lower (address, port) endpoint is "lo"
         s_lt = (pk.s_hi < pk.d_hi) | (
@@ -309,6 +314,8 @@ class FlowTable:
         o_finhi = has_open & T["fin_hi"][sl]
         o_term = np.where(has_open, T["term_ts"][sl], -1)
         o_termrst = has_open & T["term_rst"][sl]
+        o_initlo = has_open & T["init_lo"][sl]
+        o_resp = has_open & (T["pk"][sl, 1] > 0)
 
         is_tcp = pk.proto[order] == 6
         rst = is_tcp & ((fl & RST) != 0)
@@ -320,8 +327,10 @@ class FlowTable:
         prev_t[0] = 0
         prev_t[1:] = t[:-1]
         prev_t = np.where(key_first, o_last, prev_t)
-        idle_gap = (t - prev_t > idle_ns) & ~(key_first & ~has_open)
+        gap = t - prev_t
+        idle_gap = (gap > idle_ns) & ~(key_first & ~has_open)
         brk = idle_gap | (key_first & ~has_open)
+        half = HalfOpen(half_ns, gap, lo, o_initlo, o_resp)
 
         seg_state = _segment(
             key_first,
@@ -338,6 +347,7 @@ class FlowTable:
             o_termrst,
             linger_ns,
             active_ns,
+            half,
             rounds=_MAX_SPLIT_ROUNDS,
         )
         if seg_state is None:
@@ -357,6 +367,7 @@ class FlowTable:
                 idle_ns,
                 linger_ns,
                 active_ns,
+                half,
             )
             seg_state = _segment(
                 key_first,
@@ -373,11 +384,14 @@ class FlowTable:
                 o_termrst,
                 linger_ns,
                 active_ns,
+                half,
                 rounds=0,
                 compute_only=True,
             )
             assert seg_state is not None
-        brk, seg, sfi, carried, term_before, term_ts_seg, term_rst_seg, finlo_c, finhi_c = seg_state
+        brk, seg, sfi, carried, term_before, term_ts_seg, term_rst_seg, finlo_c, finhi_c, resp_before = (
+            seg_state
+        )
         nseg = len(sfi)
 
         # --- why each flow that ended in this batch ended
@@ -385,7 +399,9 @@ class FlowTable:
         # (idle: last + idle_timeout, active: first + active_timeout), whatever the batch cut.
         seg_first_ts = np.where(carried, o_first[sfi], t[sfi])
         prev_first = np.where(key_first, o_first, seg_first_ts[np.maximum(seg - 1, 0)])
-        idle_first = prev_t + idle_ns <= prev_first + active_ns
+        # a flow the responder never answered times out after half_open_timeout_s instead
+        idle_prev = np.where(~resp_before & (half_ns > 0), half_ns, idle_ns)
+        idle_first = prev_t + idle_prev <= prev_first + active_ns
         ended_reason = np.where(
             term_before,
             np.where(_prev_term_rst(seg, key_first, term_rst_seg, o_termrst), END_RST, END_FIN),
@@ -617,7 +633,28 @@ def _merge(A: Cols, segs: I64, T: Cols, slots: I64) -> None:
         A[name][segs] = T[name][slots]
 
 
-SegState = tuple[B, I64, I64, B, B, I64, B, B, B]
+SegState = tuple[B, I64, I64, B, B, I64, B, B, B, B]
+
+
+def _idle_ns(fs: FlowSettings, unanswered: B) -> I64:
+    """Idle timeout per flow: `half_open_timeout_s` while the responder has sent nothing (when on)."""
+    idle = int(fs.idle_timeout_s * 1e9)
+    half = int(fs.half_open_timeout_s * 1e9)
+    if half <= 0:
+        return np.full(len(unanswered), idle, dtype=np.int64)
+    return np.where(unanswered, min(half, idle), idle).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class HalfOpen:
+    """What the half-open rule needs per key-sorted packet: the gap to the key's previous packet,
+    its direction, and the open flow's initiator side and whether its responder has answered."""
+
+    ns: int  # 0 = off
+    gap: I64
+    lo: B
+    o_initlo: B
+    o_resp: B
 
 
 def _seg_cumany(x: B, seg_first_of_pkt: I64) -> B:
@@ -643,6 +680,7 @@ def _segment(
     o_termrst: B,
     linger_ns: int,
     active_ns: int,
+    half: HalfOpen,
     rounds: int,
     compute_only: bool = False,
 ) -> SegState | None:
@@ -650,6 +688,9 @@ def _segment(
 
     Returns None when `rounds` is exhausted (a pathological batch); the caller then uses the
     sequential splitter. With compute_only it only computes the state for the given splits.
+
+    Half-open splits (a gap > `half.ns` while the responder has not answered) are all added in
+    one round: another split earlier in the same flow can only make a later one more certain.
     """
     brk = brk.copy()
     for rnd in range(rounds + 1):
@@ -681,19 +722,28 @@ def _segment(
         term_before = np.zeros(len(t), dtype=bool)
         term_before[1:] = term_active[:-1] & ~key_first[1:]
         term_before |= key_first & (o_term >= 0)
+        # did the responder send anything in this flow before this packet?
+        init_seg = np.where(carried, half.o_initlo[sfi], half.lo[sfi])
+        resp_upto = _seg_cumany(half.lo != init_seg[seg], first_of_pkt)
+        resp_before = np.zeros(len(t), dtype=bool)
+        resp_before[1:] = resp_upto[:-1] & ~start[1:]
+        resp_before |= c_pkt & half.o_resp[first_of_pkt]
+        state = (brk, seg, sfi, carried, term_before, term_ts_seg, term_rst_seg, flo, fhi, resp_before)
         if compute_only:
-            return brk, seg, sfi, carried, term_before, term_ts_seg, term_rst_seg, flo, fhi
+            return state
         if rnd == rounds:
             break
         closing = term_before & ((t > term_ts_seg[seg] + linger_ns) | syn_only)
         too_old = t - seg_first_ts[seg] > active_ns
-        cand = (closing | too_old) & ~brk
+        half_cand = (half.gap > half.ns) & ~resp_before & ~brk if half.ns > 0 else np.zeros(len(t), bool)
+        cand = (closing | too_old | half_cand) & ~brk
         ci = np.flatnonzero(cand)
         if not len(ci):
-            return brk, seg, sfi, carried, term_before, term_ts_seg, term_rst_seg, flo, fhi
+            return state
         cseg = seg[ci]
         firsts = np.r_[True, cseg[1:] != cseg[:-1]]
         brk[ci[firsts]] = True
+        brk |= half_cand
     return None
 
 
@@ -713,6 +763,7 @@ def _segment_sequential(
     idle_ns: int,
     linger_ns: int,
     active_ns: int,
+    half: HalfOpen,
 ) -> B:
     """Reference splitter, one packet at a time: the oracle for `_segment` in tests and the
     fallback for batches that need many splits of one key."""
@@ -720,7 +771,9 @@ def _segment_sequential(
     brk = np.zeros(n, dtype=bool)
     first = last = term = 0
     flo = fhi = False
+    init = resp = False
     tl, rl, fl, fh, so = t.tolist(), rst.tolist(), fin_lo.tolist(), fin_hi.tolist(), syn_only.tolist()
+    lol = half.lo.tolist()
     for i in range(n):
         if key_first[i]:
             if has_open[i]:
@@ -731,6 +784,7 @@ def _segment_sequential(
                     bool(o_finhi[i]),
                     int(o_term[i]),
                 )
+                init, resp = bool(half.o_initlo[i]), bool(half.o_resp[i])
                 new = False
             else:
                 new = True
@@ -738,13 +792,18 @@ def _segment_sequential(
             new = False
         ti = tl[i]
         if not new and (
-            ti - last > idle_ns or (term >= 0 and (ti > term + linger_ns or so[i])) or ti - first > active_ns
+            ti - last > idle_ns
+            or (half.ns > 0 and not resp and ti - last > half.ns)
+            or (term >= 0 and (ti > term + linger_ns or so[i]))
+            or ti - first > active_ns
         ):
             new = True
         if new:
             brk[i] = True
             first, flo, fhi, term = ti, False, False, -1
+            init, resp = lol[i], False
         last = ti
+        resp = resp or lol[i] != init
         flo = flo or fl[i]
         fhi = fhi or fh[i]
         if term < 0 and (rl[i] or (flo and fhi)):

@@ -148,6 +148,7 @@ class Config(ctypes.Structure):
         ("linger_ns", ctypes.c_uint64),
         ("start_notices", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
+        ("half_open_ns", ctypes.c_uint64),
     ]
 
 

@@ -30,6 +30,10 @@ class SnifferMetrics:
     fast_sources: Gauge
     xdp_map_entries: Gauge
     xdp_map_capacity: Gauge
+    xdp_map_fill: Gauge
+    xdp_ringbuf_full: Counter
+    xdp_lost_packets: Counter
+    xdp_notices_lost: Counter
 
 
 _metrics: SnifferMetrics | None = None
@@ -71,6 +75,20 @@ def sniffer_metrics() -> SnifferMetrics:
                 xdp_map_entries=Gauge("mld_sniffer_xdp_map_entries", "Entries in the XDP flow map"),
                 xdp_map_capacity=Gauge(
                     "mld_sniffer_xdp_map_capacity_entries", "Capacity of the XDP flow map"
+                ),
+                xdp_map_fill=Gauge(
+                    "mld_sniffer_xdp_map_fill_permille", "XDP flow map entries per 1000 of capacity"
+                ),
+                xdp_ringbuf_full=Counter(
+                    "mld_sniffer_xdp_ringbuf_full",
+                    "Flows lost because their END notice did not fit the ring buffer (raise xdp.ringbuf_kib)",
+                ),
+                xdp_lost_packets=Counter(
+                    "mld_sniffer_xdp_lost_packets", "Packets of the flows lost to a full ring buffer"
+                ),
+                xdp_notices_lost=Counter(
+                    "mld_sniffer_xdp_notices_lost",
+                    "START/TERM notices that did not fit the ring buffer (the sweep catches those flows later)",
                 ),
             )
         return _metrics

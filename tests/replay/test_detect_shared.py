@@ -104,8 +104,9 @@ def test_cli_damaged_input(shared_pcaps: Path, tmp_path: Path) -> None:
             [*CLI, "analyze", str(path), "--jsonl"], capture_output=True, text=True, timeout=120, cwd=REPO
         )
         assert proc.returncode == code, proc.stderr
-        last = proc.stderr.strip().splitlines()[-1]
-        assert str(path) in last and words in last and "Traceback" not in proc.stderr
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("mld-detector: error:")]
+        assert len(errors) == 1, proc.stderr
+        assert str(path) in errors[0] and words in errors[0] and "Traceback" not in proc.stderr, proc.stderr
         if path == cut:  # the flows before the damage are still scored and printed
             drops = [json.loads(x) for x in proc.stdout.splitlines() if '"DROP"' in x]
             assert drops and drops[0]["src_ip"] == "192.168.56.1"

@@ -186,7 +186,7 @@ def packet_stream(draw: st.DrawFn) -> list[tuple[int, bytes]]:
     t = T0
     out = []
     for _ in range(n):
-        t += draw(st.sampled_from([0, 1, MS, 500 * MS, 3 * S, 50 * S, 130 * S]))
+        t += draw(st.sampled_from([0, 1, MS, 300 * MS, 500 * MS, 700 * MS, 3 * S, 50 * S, 130 * S]))
         conn = draw(st.integers(0, 3))
         fwd = draw(st.booleans())
         flags = draw(st.sampled_from(FLAGS))
@@ -217,27 +217,35 @@ def feed(
 
 
 CFG = settings_with(idle_timeout_s=120, active_timeout_s=300, tcp_close_linger_s=2)
+# the live-lab settings: unanswered flows leave after 0.5 s, closed ones at once
+CFG_LIVE = settings_with(
+    idle_timeout_s=120, active_timeout_s=300, tcp_close_linger_s=0, half_open_timeout_s=0.5
+)
 
 
+@pytest.mark.parametrize("cfg", [CFG, CFG_LIVE], ids=["default", "live"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(packet_stream(), st.lists(st.integers(0, 60), max_size=8))
-def test_records_do_not_depend_on_batch_cuts(packets: list[tuple[int, bytes]], cuts: list[int]) -> None:
-    whole = feed(packets, [], CFG)
-    assert canon(feed(packets, cuts, CFG)) == canon(whole)
-    assert canon(feed(packets, list(range(len(packets))), CFG)) == canon(whole)
+def test_records_do_not_depend_on_batch_cuts(
+    cfg: SnifferSettings, packets: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    whole = feed(packets, [], cfg)
+    assert canon(feed(packets, cuts, cfg)) == canon(whole)
+    assert canon(feed(packets, list(range(len(packets))), cfg)) == canon(whole)
     assert sum(r.features.bidirectional_packets for r in whole) == len(packets)
 
 
+@pytest.mark.parametrize("cfg", [CFG, CFG_LIVE], ids=["default", "live"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(packet_stream(), st.lists(st.integers(0, 60), max_size=4))
 def test_vectorised_splitter_matches_sequential_oracle(
-    packets: list[tuple[int, bytes]], cuts: list[int]
+    cfg: SnifferSettings, packets: list[tuple[int, bytes]], cuts: list[int]
 ) -> None:
-    fast = feed(packets, cuts, CFG)
+    fast = feed(packets, cuts, cfg)
     saved = flows_mod._MAX_SPLIT_ROUNDS
     flows_mod._MAX_SPLIT_ROUNDS = 0  # every batch goes through the per-packet reference splitter
     try:
-        slow = feed(packets, cuts, CFG)
+        slow = feed(packets, cuts, cfg)
     finally:
         flows_mod._MAX_SPLIT_ROUNDS = saved
     assert canon(fast) == canon(slow)

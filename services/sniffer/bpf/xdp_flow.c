@@ -334,13 +334,18 @@ static __always_inline void end_flow(struct mld_flow_event *ev, struct mld_flow_
 }
 
 /* Does this packet start a new flow after the entry's flow? Same rules and order as
- * services/sniffer/flows.py: idle gap, then TCP close (linger over or a bare SYN), then active. */
+ * services/sniffer/flows.py: idle gap (half-open timeout while unanswered), then TCP close (linger over or a bare SYN), then active. */
 static __always_inline __u32 ends_before(const struct mld_flow_value *val, const struct pkt *pk,
 					 const struct mld_config *cfg, __u64 now)
 {
+	__u64 idle = cfg->idle_timeout_ns;
+
 	if (val->dir[0].packets + val->dir[1].packets == 0)
 		return MLD_END_NONE;
-	if (now - val->last_ns > cfg->idle_timeout_ns)
+	/* half-open: the responder has sent nothing, so the shorter timeout applies */
+	if (val->dir[1].packets == 0 && cfg->half_open_ns && cfg->half_open_ns < idle)
+		idle = cfg->half_open_ns;
+	if (now - val->last_ns > idle)
 		return MLD_END_IDLE;
 	if (val->term_ns && (now > val->term_ns + cfg->linger_ns ||
 			     (pk->key.protocol == IPPROTO_TCP_ && (pk->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)))

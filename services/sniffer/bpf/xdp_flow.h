@@ -122,6 +122,7 @@ struct mld_config {
 	__u64 linger_ns;      /* tcp_close_linger */
 	__u32 start_notices;  /* 1: send a START notice per new flow */
 	__u32 pad;
+	__u64 half_open_ns;   /* idle timeout while the responder has sent nothing; 0 = off */
 };
 
 #endif

@@ -5,6 +5,9 @@ canonical flow key and always passes the packet. Flows that end on a packet (TCP
 RST, a packet after the idle/active timeout) arrive whole on the ring buffer; flows that just go
 quiet are found by the sweep every `xdp.sweep_interval_ms`. Each exported entry is taken out of the
 map atomically (lookup-and-delete), so no packet is counted twice or lost between read and delete.
+With `flows.half_open_timeout_s` (or a short TCP close linger) waiting for the sweep would add up
+to a sweep interval of delay, so START and TERM notices schedule a check of that one entry at its
+deadline instead (a heap of due times; a lost notice is still caught by the sweep).
 
 On start a program of ours left attached by a crash is detached first (reconcile with the kernel);
 someone else's program is never replaced.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import heapq
 import logging
 import math
 import socket
@@ -365,6 +369,9 @@ class XdpCounters:
     exported: int = 0
     exported_ringbuf: int = 0
     exported_sweep: int = 0
+    exported_check: int = 0
+    checks: int = 0
+    checks_dropped: int = 0
     exported_at_stop: int = 0
     starts: int = 0
     terms: int = 0
@@ -402,7 +409,10 @@ class XdpSource:
         self._ncpus = libbpf.num_possible_cpus()
         self._detach_stale()
         obj_path = build.ensure_object()
-        self._obj = libbpf.BpfObject(obj_path, {"mld_flows": self.max_entries})
+        self._checks: list[tuple[int, bytes]] = []  # heap of (due monotonic ns, key bytes)
+        self._check_at: dict[bytes, int] = {}
+        sizes = {"mld_flows": self.max_entries, "mld_events": settings.xdp.ringbuf_kib * 1024}
+        self._obj = libbpf.BpfObject(obj_path, sizes)
         try:
             self._flows = self._obj.map("mld_flows", libbpf.FlowKey, libbpf.FlowValue)
             self._config = self._obj.map("mld_config", ctypes.c_uint32, libbpf.Config)
@@ -429,6 +439,7 @@ class XdpSource:
             active_timeout_ns=int(fs.active_timeout_s * 1e9),
             linger_ns=int(fs.tcp_close_linger_s * 1e9),
             start_notices=1,
+            half_open_ns=int(fs.half_open_timeout_s * 1e9),
         )
         self._config.update(ctypes.c_uint32(0), cfg)
         self.settings = settings
@@ -470,12 +481,35 @@ class XdpSource:
             name = flow_pb2.EndReason.Name(r)[len("END_REASON_") :].lower()
             self.counts.by_reason[name] = self.counts.by_reason.get(name, 0) + 1
 
+    def _half_ns(self) -> int:
+        """The half-open timeout in ns when it is shorter than the idle timeout, else 0."""
+        fs = self.settings.flows
+        half, idle = int(fs.half_open_timeout_s * 1e9), int(fs.idle_timeout_s * 1e9)
+        return half if 0 < half < idle else 0
+
+    def _schedule(self, kb: bytes, at: int) -> None:
+        """Check entry `kb` at monotonic time `at` (an earlier pending check is kept)."""
+        cur = self._check_at.get(kb)
+        if cur is not None and cur <= at:
+            return
+        if cur is None and len(self._check_at) >= self.max_entries:
+            self.counts.checks_dropped += 1  # the sweep still finds it
+            return
+        self._check_at[kb] = at
+        heapq.heappush(self._checks, (at, kb))
+
     def _on_event(self, data: bytes) -> None:
         kind = int.from_bytes(data[:4], "little")
         if kind == libbpf.EVENT_START:
             self.counts.starts += 1
+            half = self._half_ns()
+            if half:
+                self._schedule(data[8 : 8 + _KEY_SIZE], time.monotonic_ns() + half + 1)
         elif kind == libbpf.EVENT_TERM:
             self.counts.terms += 1
+            linger = int(self.settings.flows.tcp_close_linger_s * 1e9)
+            if linger < self.settings.xdp.sweep_interval_ms * 1_000_000:
+                self._schedule(data[8 : 8 + _KEY_SIZE], time.monotonic_ns() + linger + 1)
         elif kind == libbpf.EVENT_END:
             self._ended.append(data[: _EVENT_NP.itemsize])
 
@@ -494,13 +528,49 @@ class XdpSource:
         fs = self.settings.flows
         if int(value.dir[0].packets) + int(value.dir[1].packets) == 0:
             return 0
-        if now - int(value.last_ns) > int(fs.idle_timeout_s * 1e9):
+        idle = int(fs.idle_timeout_s * 1e9)
+        if int(value.dir[1].packets) == 0 and self._half_ns():
+            idle = self._half_ns()
+        if now - int(value.last_ns) > idle:
             return int(flow_pb2.END_REASON_IDLE)
         if value.term_ns and now > int(value.term_ns) + int(fs.tcp_close_linger_s * 1e9):
             return int(_REASONS.get(int(value.term_reason), flow_pb2.END_REASON_FIN))
         if now - int(value.first_ns) > int(fs.active_timeout_s * 1e9):
             return int(flow_pb2.END_REASON_ACTIVE)
         return 0
+
+    def _next_check(self, value: Any) -> int:
+        """When an entry that is not due yet should be looked at again (0: leave it to the sweep)."""
+        due: list[int] = []
+        half = self._half_ns()
+        if half and int(value.dir[1].packets) == 0:
+            due.append(int(value.last_ns) + half + 1)
+        if value.term_ns:
+            due.append(int(value.term_ns) + int(self.settings.flows.tcp_close_linger_s * 1e9) + 1)
+        return min(due, default=0)
+
+    def run_checks(self, now_mono_ns: int | None = None) -> int:
+        """Entries whose scheduled check is due: export the ones that timed out, reschedule the
+        ones that saw more packets; returns how many flows were exported."""
+        now = time.monotonic_ns() if now_mono_ns is None else now_mono_ns
+        due_keys: list[bytes] = []
+        while self._checks and self._checks[0][0] <= now:
+            at, kb = heapq.heappop(self._checks)
+            if self._check_at.get(kb) != at:
+                continue  # superseded by an earlier check
+            del self._check_at[kb]
+            self.counts.checks += 1
+            value = self._flows.lookup(libbpf.FlowKey.from_buffer_copy(kb))
+            if value is None:
+                continue  # ended in the kernel (END notice) or swept
+            if self._due(value, now):
+                due_keys.append(kb)
+            elif nxt := self._next_check(value):
+                self._schedule(kb, nxt)
+        n = self._take(due_keys, now, everything=False)
+        self.counts.exported_check += n
+        self.counts.exported_sweep -= n  # _take counted them as swept
+        return n
 
     def sweep(self, now_mono_ns: int | None = None, everything: bool = False) -> int:
         """Export flows that are due (or all when `everything`), taking their entries out of the map.
@@ -510,6 +580,7 @@ class XdpSource:
         now = time.monotonic_ns() if now_mono_ns is None else now_mono_ns
         fs = self.settings.flows
         idle_ns = int(fs.idle_timeout_s * 1e9)
+        half_ns = self._half_ns()
         linger_ns = int(fs.tcp_close_linger_s * 1e9)
         active_ns = int(fs.active_timeout_s * 1e9)
         self.counts.sweeps += 1
@@ -522,16 +593,21 @@ class XdpSource:
                 take = np.ones(n, dtype=bool)
             else:
                 pk = v["dir"]["packets"].sum(axis=1)
+                idle = np.where((v["dir"]["packets"][:, 1] == 0) & (half_ns > 0), half_ns, idle_ns)
                 last = v["last_ns"].astype(np.int64)
                 first = v["first_ns"].astype(np.int64)
                 term = v["term_ns"].astype(np.int64)
                 take = (pk > 0) & (
-                    (now - last > idle_ns)
-                    | ((term > 0) & (now > term + linger_ns))
-                    | (now - first > active_ns)
+                    (now - last > idle) | ((term > 0) & (now > term + linger_ns)) | (now - first > active_ns)
                 )
             raw = kbuf.tobytes()
             due_keys.extend(raw[i * _KEY_SIZE : (i + 1) * _KEY_SIZE] for i in np.flatnonzero(take).tolist())
+        taken = self._take(due_keys, now, everything)
+        self.counts.map_entries = max(seen - taken, 0)
+        return taken
+
+    def _take(self, due_keys: list[bytes], now: int, everything: bool) -> int:
+        """Take the entries `due_keys` out of the map (atomically each) and export them."""
         keys_out: list[bytes] = []
         vals_out: list[bytes] = []
         reasons: list[int] = []
@@ -562,7 +638,6 @@ class XdpSource:
             vals_out.append(bytes(value))
             reasons.append(reason)
         self._emit(b"".join(keys_out), b"".join(vals_out), reasons)
-        self.counts.map_entries = max(seen - len(reasons), 0)
         return len(reasons)
 
     def _take_pending(self) -> list[flow_pb2.FlowRecord]:
@@ -577,14 +652,18 @@ class XdpSource:
             raise SourceError("the XDP source is closed", self.interface, "open a new source")
         next_sweep = time.monotonic_ns() + self.settings.xdp.sweep_interval_ms * 1_000_000
         while not stop.is_set():
-            wait_ms = max(0, min(100, (next_sweep - time.monotonic_ns()) // 1_000_000))
+            wake = min(next_sweep, self._checks[0][0]) if self._checks else next_sweep
+            wait_ms = max(0, min(100, -(-(wake - time.monotonic_ns()) // 1_000_000)))
             rb.poll(int(wait_ms))
             self._flush_ended()
-            if time.monotonic_ns() >= next_sweep:
+            now = time.monotonic_ns()
+            if self._checks and self._checks[0][0] <= now:
+                self.run_checks(now)
+            if now >= next_sweep:
                 self.sweep()
                 next_sweep = time.monotonic_ns() + self.settings.xdp.sweep_interval_ms * 1_000_000
-            if self._pending:
-                yield self._take_pending()
+            # an empty batch too: the service gets the chance to send a partial batch on time
+            yield self._take_pending()
         yield from self.drain()
 
     def drain(self) -> Iterator[list[flow_pb2.FlowRecord]]:
@@ -623,6 +702,10 @@ class XdpSource:
             "flows_ended_in_kernel": k["flows_ended"],
             "flows_exported_ringbuf": c.exported_ringbuf,
             "flows_exported_sweep": c.exported_sweep,
+            "flows_exported_check": c.exported_check,
+            "checks": c.checks,
+            "checks_dropped": c.checks_dropped,
+            "checks_pending": len(self._check_at),
             "flows_exported_at_stop": c.exported_at_stop,
             "ringbuf_full": k["ringbuf_full"],
             "lost_packets": k["lost_packets"],
@@ -635,7 +718,9 @@ class XdpSource:
             "stale_detached": c.stale_detached,
         }
         # LRU evictions are silent in the kernel: created = ended + lost + taken + present + evicted.
-        gone = k["flows_ended"] + k["ringbuf_full"] + c.exported_sweep + c.exported_at_stop + c.map_entries
+        gone = (
+            k["flows_ended"] + k["ringbuf_full"] + c.exported_sweep + c.exported_check + c.exported_at_stop
+        ) + c.map_entries
         out["evicted"] = max(k["flows_created"] - gone, 0)
         out.update({f"malformed_{name}": k[name] for name in libbpf.MALFORMED})
         out.update({f"end_{name}": n for name, n in c.by_reason.items()})
