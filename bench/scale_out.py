@@ -160,7 +160,13 @@ def main() -> None:
     flows = args.flows or (16_000 if args.quick else 60_000)
     recs = flow_records(20_000)
     msgs = batches(recs, flows)
-    result: dict[str, object] = {"flows": flows, "batch_flows": BATCH, "cpu_cores": os.cpu_count()}
+    # the load average says how much of the machine the workers could have had
+    result: dict[str, object] = {
+        "flows": flows,
+        "batch_flows": BATCH,
+        "cpu_cores": os.cpu_count(),
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+    }
     base = 0.0
     with tempfile.TemporaryDirectory(prefix="mld-scale-") as tmp:
         for n in counts:

@@ -6,8 +6,8 @@ The bound side of a socket is the CURVE server: it accepts only the client publi
 its `authorized_keys_dir`, checked by a ZAP handler (pyzmq's ThreadAuthenticator, one per ZeroMQ
 context, one ZAP domain per socket). A refused client is counted in
 `mld_<service>_zmq_refused_connections_total{endpoint,reason}`: `unknown_key` from the ZAP handler,
-`mechanism` when a plaintext (NULL) peer talks to a CURVE socket (seen by a socket monitor: the
-handshake fails before ZAP is asked).
+`mechanism` when a plaintext (NULL) peer talks to a CURVE socket, `handshake` when a peer breaks
+off the handshake (both seen by a socket monitor: they fail before ZAP is asked).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def refused_counter(service: str) -> Counter:
         if name not in _refused:
             _refused[name] = Counter(
                 f"mld_{name}_zmq_refused_connections",
-                "Peers refused by CURVE: unknown_key (not in authorized_keys_dir) or mechanism (plaintext)",
+                "Peers refused by CURVE: unknown_key (not authorized), mechanism (plaintext), handshake (broken off)",
                 ["endpoint", "reason"],
             )
         return _refused[name]
@@ -213,6 +213,14 @@ class CurveGuard:
                 del _auths[id(self.ctx)]
 
 
+# Handshake failures before ZAP is asked: a peer speaking another mechanism (plaintext NULL), or a
+# peer that broke off the handshake (garbage, or a plaintext peer that gave up first).
+_MONITOR_REASONS: dict[int, str] = {
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "mechanism",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake",
+}
+
+
 def _watch_mechanism(mon: zmq.Socket[Any], counter: Counter, endpoint: str, stop: threading.Event) -> None:
     """Count handshakes that failed for a protocol reason (a plaintext peer on a CURVE socket)."""
     poller = zmq.Poller()
@@ -227,9 +235,10 @@ def _watch_mechanism(mon: zmq.Socket[Any], counter: Counter, endpoint: str, stop
                 break
             if ev["event"] == zmq.EVENT_MONITOR_STOPPED:
                 break
-            if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                counter.labels(endpoint, "mechanism").inc()
-                log.warning("plaintext or non-CURVE peer refused", extra={"endpoint": endpoint})
+            reason = _MONITOR_REASONS.get(ev["event"])
+            if reason is not None:
+                counter.labels(endpoint, reason).inc()
+                log.warning("peer refused before authentication (%s)", reason, extra={"endpoint": endpoint})
     finally:
         mon.close(0)
 
@@ -267,7 +276,9 @@ def secure(
     sock.curve_server = True
     sock.zap_domain = domain.encode()
     guard = CurveGuard(ctx, domain)
-    mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_MONITOR_STOPPED)
+    mon = sock.get_monitor_socket(
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_MONITOR_STOPPED
+    )
     guard.monitor = threading.Thread(
         target=_watch_mechanism,
         args=(mon, counter, endpoint, guard.stop),

@@ -404,6 +404,18 @@ def start(lab: LabSettings, timeout_s: float) -> LabSettings:
     write_configs(lab, docs)
     (lab.lab_dir / "lab.json").write_text(lab.model_dump_json(indent=2))
     programs = live_programs(lab)
+    if lab.prometheus:  # scrapes the same 127.0.0.1 ports (namespaced services via their bridges)
+        from libs.lab.prometheus import start_prometheus
+
+        p = lab.ports
+        prom = start_prometheus(
+            lab.lab_dir,
+            {s: f"127.0.0.1:{p.metrics(s)}" for s in SERVICES},
+            etcd_target=f"127.0.0.1:{p.etcd_client}",
+            port=p.prometheus,
+        )
+        if prom is not None:
+            programs.append(prom.program())
     lab.supervisor_conf.write_text(render_supervisord(lab, programs))
     create_network()
     try:
@@ -512,6 +524,8 @@ def print_where(lab: LabSettings) -> None:
     print("  status     make status-lab      logs  make logs-lab")
     for svc in SERVICES:
         print(f"  metrics    http://127.0.0.1:{p.metrics(svc)}/metrics   ({svc})")
+    if lab.prometheus:
+        print(f"  prometheus http://127.0.0.1:{p.prometheus}/   (when installed)")
     print(f"  artifacts  {lab.artifacts_dir}/YYYY-MM-DD/event_<id>.json")
     print(f'  ask        .venv/bin/mld-rag query --config {lab.config_dir}/rag.json "port scan events"')
     print("  stop       make kill-lab")

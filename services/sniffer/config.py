@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ml_defender.v1 import flow_pb2
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from libs.common.settings import MetricsSettings, ServiceSettings
@@ -33,6 +34,21 @@ class CaptureSettings(BaseModel):
     interface: str = Field("eth0", min_length=1, description="interface for afpacket/xdp")
     chunk_packets: int = Field(65_536, ge=1, le=10_000_000, description="packets decoded per vectorised step")
     snaplen: int = Field(2048, ge=64, le=262_144, description="bytes kept per frame by live sources")
+    afpacket_block_kib: int = Field(
+        1024, ge=4, le=65_536, description="afpacket TPACKET_V3 ring block size (KiB, a power of two)"
+    )
+    afpacket_blocks: int = Field(64, ge=2, le=4096, description="afpacket ring blocks")
+    afpacket_block_timeout_ms: int = Field(
+        50, ge=1, le=10_000, description="a partly filled afpacket block is handed over after this"
+    )
+
+    @model_validator(mode="after")
+    def _pow2(self) -> CaptureSettings:
+        if self.afpacket_block_kib & (self.afpacket_block_kib - 1):
+            raise ValueError(
+                f"capture.afpacket_block_kib must be a power of two, got {self.afpacket_block_kib}"
+            )
+        return self
 
 
 class FlowSettings(BaseModel):
@@ -61,10 +77,32 @@ class FlowSettings(BaseModel):
             " above the worst round-trip time, or slow answers split from their request"
         ),
     )
+    export_active_interval_s: float = Field(
+        0.0,
+        ge=0,
+        le=604_800,
+        description=(
+            "a flow older than this is cut with a WINDOW record (a shorter active timeout) so long"
+            " floods are scored while they last; 0 = off"
+        ),
+    )
     export_batch_size: int = Field(512, ge=1, le=100_000, description="flows per FlowBatch message")
     export_interval_ms: int = Field(
         200, ge=1, le=60_000, description="max wait before a partial batch is sent"
     )
+
+    def active_split_ns(self) -> int:
+        """Age after which a flow is cut: the active timeout, or the shorter export window."""
+        active = int(self.active_timeout_s * 1e9)
+        window = int(self.export_active_interval_s * 1e9)
+        return min(active, window) if window > 0 else active
+
+    def active_reason(self) -> int:
+        """End reason of a flow cut by age: WINDOW when the export window is the shorter limit."""
+        window = int(self.export_active_interval_s * 1e9)
+        if 0 < window < int(self.active_timeout_s * 1e9):
+            return int(flow_pb2.END_REASON_WINDOW)
+        return int(flow_pb2.END_REASON_ACTIVE)
 
 
 class FastDetectorSettings(BaseModel):
@@ -145,6 +183,7 @@ HOT_FIELDS: tuple[str, ...] = (
     "flows.active_timeout_s",
     "flows.tcp_close_linger_s",
     "flows.half_open_timeout_s",
+    "flows.export_active_interval_s",
     "flows.export_batch_size",
     "flows.export_interval_ms",
 )

@@ -10,7 +10,8 @@ Flow rules (the XDP path follows them too):
 - the initiator (sender of the flow's first packet) is src;
 - a flow ends when no packet came for `idle_timeout_s` (IDLE; `half_open_timeout_s` instead while
   the responder has sent nothing, so unanswered probes leave quickly), when it is older than
-  `active_timeout_s` (ACTIVE, the next packet starts a new flow), after TCP FIN from both sides or
+  `active_timeout_s` (ACTIVE, or WINDOW when `export_active_interval_s` is shorter: the next packet
+  starts a new flow), after TCP FIN from both sides or
   an RST (FIN/RST: later packets within `tcp_close_linger_s` still belong to it unless they open
   a new connection with a bare SYN), when the table is full (EVICTED, oldest last-seen first), or
   at the end of a capture (WINDOW).
@@ -189,16 +190,15 @@ class FlowTable:
             idle = now_ns - t["blast"][slots] > idle_ns
             term_ts = t["term_ts"][slots]
             term = (term_ts >= 0) & (now_ns > term_ts + int(fs.tcp_close_linger_s * 1e9))
-            active = now_ns - t["bfirst"][slots] > int(fs.active_timeout_s * 1e9)
+            active_ns = fs.active_split_ns()
+            active = now_ns - t["bfirst"][slots] > active_ns
             done = idle | term | active
             if done.any():
-                idle_first = t["blast"][slots] + idle_ns <= t["bfirst"][slots] + int(
-                    fs.active_timeout_s * 1e9
-                )
+                idle_first = t["blast"][slots] + idle_ns <= t["bfirst"][slots] + active_ns
                 reason = np.where(
                     term_ts >= 0,
                     np.where(t["term_rst"][slots], END_RST, END_FIN),
-                    np.where(idle_first, IDLE, ACTIVE),
+                    np.where(idle_first, IDLE, fs.active_reason()),
                 )
                 self._export_slots(slots[done], reason[done])
         return self._drain()
@@ -260,7 +260,7 @@ class FlowTable:
     def _add(self, pk: Packets, wall: int) -> None:
         fs = self.flow_settings
         idle_ns = int(fs.idle_timeout_s * 1e9)
-        active_ns = int(fs.active_timeout_s * 1e9)
+        active_ns = fs.active_split_ns()  # the export window cuts long flows like an active timeout
         linger_ns = int(fs.tcp_close_linger_s * 1e9)
         half_ns = int(fs.half_open_timeout_s * 1e9)
         if half_ns >= idle_ns:
@@ -405,7 +405,7 @@ class FlowTable:
         ended_reason = np.where(
             term_before,
             np.where(_prev_term_rst(seg, key_first, term_rst_seg, o_termrst), END_RST, END_FIN),
-            np.where(idle_first, IDLE, ACTIVE),
+            np.where(idle_first, IDLE, fs.active_reason()),
         )
         ends_open = brk & key_first & has_open  # the table's open flow ends before this packet
 

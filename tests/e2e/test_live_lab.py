@@ -24,7 +24,6 @@ from helpers import REPO, is_root, wait_for
 from libs.lab import attacks, live
 from libs.lab.plan import LabSettings
 
-pytestmark = pytest.mark.e2e
 MLD_LAB = str(Path(sys.executable).parent / "mld-lab")
 RESULTS: dict[str, list[attacks.AttackerResult]] = {}
 HOST_TABLES = ""  # the host's nftables tables before the lab: the lab must add none
@@ -61,6 +60,58 @@ def benign_total(lab: LabSettings) -> dict[str, Any]:
     return live.read_benign(lab)
 
 
+@pytest.mark.unit
+def test_live_settings_validate_against_every_service_model(tmp_path: Path) -> None:
+    """The live overrides still fit each service's settings model (caught here, without root)."""
+    from libs.common.settings import validate_settings
+    from libs.lab.cli import settings_model
+    from libs.lab.plan import SERVICES, deep_merge
+
+    lab = LabSettings(lab_dir=tmp_path / "lab", artifacts_dir=tmp_path / "artifacts")
+    over = live.live_overrides(lab)
+    for svc in SERVICES:
+        model = settings_model(svc)
+        validate_settings(model, deep_merge(model().model_dump(mode="json"), over[svc]), svc)
+    names = [p.name for p in live.live_programs(lab)]
+    assert len(names) == len(set(names)) and {"sniffer", "firewall", "benign"} <= set(names)
+
+
+@pytest.mark.unit
+def test_topology_uses_only_our_names_and_test_addresses() -> None:
+    """Everything the lab creates is found again by name (crash cleanup) and lives in 198.18.0.0/15."""
+    import ipaddress
+
+    net4, net6 = ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("2001:db8::/32")
+    cmds = live.topology_commands()
+    for ns in live.NAMESPACES:
+        assert ns.startswith("mld-") and ["ip", "netns", "add", ns] in cmds
+    ifaces = [h.ifname for h in live.HOSTS] + [h.sw_ifname for h in live.HOSTS] + [live.SPAN_TX, live.SPAN_RX]
+    assert all(i.startswith("mld-") and len(i) <= 15 for i in ifaces)
+    for h in live.HOSTS:
+        assert ipaddress.ip_address(h.v4) in net4 and ipaddress.ip_address(h.v6) in net6
+    assert all(ipaddress.ip_address(a) in net4 for a in live.ATTACKER_POOL)
+    # No command touches the host's own namespace except creating namespaces.
+    assert all(
+        c[:3] == ["ip", "netns", "add"] or c[:2] == ["ip", "-n"] or c[:3] == ["ip", "netns", "exec"]
+        for c in cmds
+    )
+
+
+@pytest.mark.unit
+def test_every_attack_is_bounded_and_aimed_at_the_victim_only(tmp_path: Path) -> None:
+    lab = LabSettings(lab_dir=tmp_path)
+    for name, builders in attacks.SCENARIOS.items():
+        for b in builders:
+            for a in b(lab, live.ATTACKER_POOL[0]):
+                assert a.timeout_s <= 60, name
+                assert a.argv[-1] == live.VICTIM.v4 or "--src" in a.argv, (name, a.argv)
+                if a.argv[0] == "hping3":
+                    assert "-c" in a.argv and "--flood" not in a.argv, a.argv
+                if a.argv[0] == "nmap":
+                    assert "--host-timeout" in a.argv, a.argv
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "scenario", ["portscan", "synflood", "smb-sweep", "ssh-bruteforce", "slow-scan", "mixed"]
 )
@@ -68,7 +119,7 @@ def test_scenario_is_detected_and_its_attacker_blocked(
     require_root: None, lab: LabSettings, scenario: str
 ) -> None:
     before = benign_total(lab)
-    results = attacks.run_scenario(lab, scenario, block_timeout_s=10.0, settle_s=5.0)
+    results = attacks.run_scenario(lab, scenario, block_timeout_s=10.0, settle_s=20.0)
     RESULTS[scenario] = results
     report = "\n".join(line for r in results for line in attacks.format_result(r))
     assert results, report
@@ -83,6 +134,7 @@ def test_scenario_is_detected_and_its_attacker_blocked(
     print(report)
 
 
+@pytest.mark.e2e
 def test_benign_client_never_blocked_and_still_served(require_root: None, lab: LabSettings) -> None:
     assert RESULTS, "run with the scenario tests (they come first in this module)"
     listing = sh("ip", "netns", "exec", live.NS_VICTIM, "nft", "-j", "list", "table", "inet", live.TABLE)
@@ -118,6 +170,7 @@ def test_benign_client_never_blocked_and_still_served(require_root: None, lab: L
     assert curl.stdout == "200", curl.stderr
 
 
+@pytest.mark.e2e
 def test_artifacts_and_rag_query_find_the_events(require_root: None, lab: LabSettings) -> None:
     scan = RESULTS["portscan"][0]
     days = sorted(p for p in lab.artifacts_dir.iterdir() if p.is_dir())
@@ -135,6 +188,7 @@ def test_artifacts_and_rag_query_find_the_events(require_root: None, lab: LabSet
     assert found[0]["event_id"] and found[0]["decision"] in ("DROP", "ALERT", "ALLOW")
 
 
+@pytest.mark.e2e
 def test_metrics_show_the_counts(require_root: None, lab: LabSettings) -> None:
     p = lab.ports
     assert (live.metric_value(p.metrics_sniffer, "mld_sniffer_packets_total") or 0) > 1000
@@ -146,6 +200,7 @@ def test_metrics_show_the_counts(require_root: None, lab: LabSettings) -> None:
     assert (live.metric_value(p.metrics_rag_logger, "mld_rag_logger_events_written_total") or 0) > 0
 
 
+@pytest.mark.e2e
 def test_down_after_a_crash_leaves_nothing(require_root: None, lab: LabSettings) -> None:
     """supervisord and the sniffer die with SIGKILL (XDP stays attached), then `mld-lab down`."""
     pids = [int(x) for x, _ in json.loads((lab.lab_dir / "live-pids.json").read_text())]

@@ -100,6 +100,7 @@ class Capture:
             cwd=REPO,
         )
         self.records: list[dict[str, Any]] = []
+        self.arrivals: list[int] = []  # wall clock (ns) when each record was read, for latency tests
         self.stats: dict[str, Any] | None = None
         self.progress: queue.Queue[dict[str, Any]] = queue.Queue()
         self.ready = threading.Event()
@@ -121,6 +122,7 @@ class Capture:
             elif line.startswith("PROGRESS "):
                 self.progress.put(json.loads(line[9:]))
             elif line.startswith("{"):
+                self.arrivals.append(time.time_ns())
                 self.records.append(json.loads(line))
 
     def _read_err(self) -> None:

@@ -219,7 +219,11 @@ def feed(
 CFG = settings_with(idle_timeout_s=120, active_timeout_s=300, tcp_close_linger_s=2)
 # the live-lab settings: unanswered flows leave after 0.5 s, closed ones at once
 CFG_LIVE = settings_with(
-    idle_timeout_s=120, active_timeout_s=300, tcp_close_linger_s=0, half_open_timeout_s=0.5
+    idle_timeout_s=120,
+    active_timeout_s=300,
+    tcp_close_linger_s=0,
+    half_open_timeout_s=0.5,
+    export_active_interval_s=2,
 )
 
 

@@ -51,16 +51,13 @@ TP_STATUS_VLAN_TPID_VALID = 0x40
 SO_TIMESTAMPNS = 35  # also SCM_TIMESTAMPNS
 SO_RCVBUFFORCE = 33
 
-# Ring geometry: 64 blocks of 1 MiB hold ~0.5 s of a saturated veth; a block is handed over when
-# full or after BLOCK_TIMEOUT_MS, which bounds the added latency.
-BLOCK_BYTES = 1 << 20
-BLOCK_COUNT = 64
+# Ring geometry is capture.afpacket_* (default 64 blocks of 1 MiB: ~0.5 s of a saturated veth); a
+# block is handed over when full or after afpacket_block_timeout_ms, which bounds the added latency.
 FRAME_BYTES = 2048  # tpacket_req3 wants a frame size; V3 packs frames of any length in blocks
-BLOCK_TIMEOUT_MS = 50
 RCVBUF_BYTES = 64 << 20  # fallback path: absorbs bursts while a batch is aggregated
 BATCH_FRAMES = 4096  # fallback path: frames per add_frames call at most
 POLL_MS = 100  # longest wait for data (the stop flag is checked in between)
-EXPIRE_INTERVAL_NS = 200_000_000
+EXPIRE_INTERVAL_NS = 200_000_000  # at most; shorter when flows.export_interval_ms is
 
 _TS = struct.Struct("=qq")  # struct timespec on x86_64
 _STATS = struct.Struct("=II")  # struct tpacket_stats (the V3 form has one more u32, ignored)
@@ -96,6 +93,10 @@ class AfPacketSource:
         self.batches_read = 0
         self._ring: mmap.mmap | None = None
         self._block = 0
+        cs = settings.capture
+        self.block_bytes = cs.afpacket_block_kib * 1024
+        self.block_count = cs.afpacket_blocks
+        self.block_timeout_ms = cs.afpacket_block_timeout_ms
         try:
             socket.if_nametoindex(self.interface)
         except OSError:
@@ -136,17 +137,15 @@ class AfPacketSource:
         self.table = FlowTable(settings, interface=self.interface)
         log.info("afpacket capture open", extra={"interface": self.interface, "ring": self._ring is not None})
 
-    @staticmethod
-    def _setup_ring(sock: socket.socket) -> mmap.mmap | None:
+    def _setup_ring(self, sock: socket.socket) -> mmap.mmap | None:
         """A TPACKET_V3 receive ring, or None (then the recvmsg loop is used)."""
+        bb, bc = self.block_bytes, self.block_count
         try:
             sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
-            frames = BLOCK_BYTES * BLOCK_COUNT // FRAME_BYTES
-            req = _REQ3.pack(BLOCK_BYTES, BLOCK_COUNT, FRAME_BYTES, frames, BLOCK_TIMEOUT_MS, 0, 0)
+            frames = bb * bc // FRAME_BYTES
+            req = _REQ3.pack(bb, bc, FRAME_BYTES, frames, self.block_timeout_ms, 0, 0)
             sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
-            return mmap.mmap(
-                sock.fileno(), BLOCK_BYTES * BLOCK_COUNT, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
-            )
+            return mmap.mmap(sock.fileno(), bb * bc, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             log.warning("TPACKET_V3 ring unavailable, reading with recvmsg", extra={"error": str(exc)})
             return None
@@ -158,26 +157,27 @@ class AfPacketSource:
 
     # -- TPACKET_V3 ring ----------------------------------------------------------------------
 
-    def _read_blocks(self, ring: mmap.mmap, max_blocks: int = BLOCK_COUNT) -> int:
+    def _read_blocks(self, ring: mmap.mmap) -> int:
         """Hand every ready block to the flow table in one batch; returns the number of frames.
 
         One decode + table update per call (not per block): the table's cost per batch grows with
         the distinct flows in it, so fewer, larger batches are much cheaper at high rates."""
         parts: list[tuple[bytes, np.ndarray, np.ndarray, np.ndarray]] = []
         taken = 0
-        for _ in range(max_blocks):
-            base = self._block * BLOCK_BYTES
+        bb = self.block_bytes
+        for _ in range(self.block_count):
+            base = self._block * bb
             _ver, _priv, status, npkts, first, used = _BLOCK.unpack_from(ring, base)
             if not status & TP_STATUS_USER:
                 break
             if npkts:
-                used = used if 0 < used <= BLOCK_BYTES else BLOCK_BYTES
+                used = used if 0 < used <= bb else bb
                 part = self._take_block(ring, base, npkts, first, used)
                 if part is not None:
                     parts.append(part)
                 taken += npkts
             struct.pack_into("=I", ring, base + 8, TP_STATUS_KERNEL)  # give the block back
-            self._block = (self._block + 1) % BLOCK_COUNT
+            self._block = (self._block + 1) % self.block_count
         if parts:
             self.batches_read += 1
             shift = np.cumsum([0] + [len(p[0]) for p in parts[:-1]])
@@ -265,24 +265,25 @@ class AfPacketSource:
         """Records as flows end (timeouts on the wall clock); on stop: read what is queued, flush."""
         if self._sock is None:
             raise SourceError("the AF_PACKET source is closed", self.interface, "open a new source")
-        next_expire = time.monotonic_ns() + EXPIRE_INTERVAL_NS
+        next_expire = time.monotonic_ns()
         while not stop.is_set():
-            self._read(POLL_MS)
+            interval = min(EXPIRE_INTERVAL_NS, self.settings.flows.export_interval_ms * 1_000_000)
+            self._read(max(1, min(POLL_MS, (next_expire - time.monotonic_ns()) // 1_000_000)))
             if time.monotonic_ns() >= next_expire:
-                next_expire = time.monotonic_ns() + EXPIRE_INTERVAL_NS
-                records = self.table.expire(time.time_ns())
-                if records:
-                    yield records
+                next_expire = time.monotonic_ns() + interval
+                # an empty batch too: the service gets the chance to send a partial batch on time
+                yield self.table.expire(time.time_ns())
         yield from self.drain()
 
     def drain(self) -> Iterator[list[flow_pb2.FlowRecord]]:
         """Take the frames already captured, then every open flow (WINDOW, or FIN/RST when closed)."""
         if self._ring is not None:
-            # a partly filled block is handed over after BLOCK_TIMEOUT_MS: wait for it, bounded
-            deadline = time.monotonic() + 4 * BLOCK_TIMEOUT_MS / 1000
+            # a partly filled block is handed over after the block timeout: wait for it, bounded
+            timeout_ms = self.block_timeout_ms
+            deadline = time.monotonic() + 4 * timeout_ms / 1000
             while time.monotonic() < deadline:
-                if not self._read(BLOCK_TIMEOUT_MS):
-                    time.sleep(BLOCK_TIMEOUT_MS / 4000)
+                if not self._read(timeout_ms):
+                    time.sleep(timeout_ms / 4000)
         else:
             while self._read(0):
                 pass

@@ -436,7 +436,7 @@ class XdpSource:
         fs = settings.flows
         cfg = libbpf.Config(
             idle_timeout_ns=int(fs.idle_timeout_s * 1e9),
-            active_timeout_ns=int(fs.active_timeout_s * 1e9),
+            active_timeout_ns=fs.active_split_ns(),
             linger_ns=int(fs.tcp_close_linger_s * 1e9),
             start_notices=1,
             half_open_ns=int(fs.half_open_timeout_s * 1e9),
@@ -519,7 +519,11 @@ class XdpSource:
             return
         ev = np.frombuffer(b"".join(self._ended), dtype=_EVENT_NP)
         self._ended = []
-        reasons = [_REASONS.get(int(r), flow_pb2.END_REASON_UNSPECIFIED) for r in ev["reason"].tolist()]
+        active = self.settings.flows.active_reason()  # the kernel's ACTIVE may be the export window
+        reasons = [
+            active if r == libbpf.END_ACTIVE else _REASONS.get(r, flow_pb2.END_REASON_UNSPECIFIED)
+            for r in ev["reason"].tolist()
+        ]
         self._emit(ev["key"].tobytes(), ev["c"].tobytes(), reasons)
         self.counts.exported_ringbuf += len(ev)
 
@@ -535,8 +539,8 @@ class XdpSource:
             return int(flow_pb2.END_REASON_IDLE)
         if value.term_ns and now > int(value.term_ns) + int(fs.tcp_close_linger_s * 1e9):
             return int(_REASONS.get(int(value.term_reason), flow_pb2.END_REASON_FIN))
-        if now - int(value.first_ns) > int(fs.active_timeout_s * 1e9):
-            return int(flow_pb2.END_REASON_ACTIVE)
+        if now - int(value.first_ns) > fs.active_split_ns():
+            return fs.active_reason()
         return 0
 
     def _next_check(self, value: Any) -> int:
@@ -582,7 +586,7 @@ class XdpSource:
         idle_ns = int(fs.idle_timeout_s * 1e9)
         half_ns = self._half_ns()
         linger_ns = int(fs.tcp_close_linger_s * 1e9)
-        active_ns = int(fs.active_timeout_s * 1e9)
+        active_ns = fs.active_split_ns()
         self.counts.sweeps += 1
         seen = 0
         due_keys: list[bytes] = []
