@@ -148,6 +148,7 @@ def soak(root: Path, hours: float, rate: float, sample_s: float) -> dict[str, ob
     return {
         "soak_hours": hours,
         "soak_rate_events_per_s": rate,
+        "soak_events_sent": sent,
         "soak_events_written": written[0],
         "soak_rss_first_kb": warm[0][1] if warm else 0,
         "soak_rss_last_kb": samples[-1][1] if samples else 0,

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from ml_defender.v1 import flow_pb2  # noqa: E402
 
-from libs.lab.multi import detector_doc, detector_proc, sigterm_all  # noqa: E402
+from libs.lab.multi import Proc, detector_doc, detector_proc, sigterm_all  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "pcaps"
 BATCH = 256
@@ -43,6 +43,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def cpu_s(proc: Proc) -> float:
+    """User + system CPU seconds of a worker so far (/proc), robust to other load on the host."""
+    assert proc.popen is not None
+    fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def flow_records(limit: int) -> list[flow_pb2.FlowRecord]:
@@ -127,16 +134,18 @@ def run_workers(n: int, msgs: list[bytes], flows: int, run_dir: Path, timeout_s:
             if time.monotonic() > deadline:
                 raise SystemExit(f"only {connected}/{n} workers connected in 120 s")
         t_drain = threading.Thread(target=drain, daemon=True)
+        cpu0 = sum(cpu_s(p) for p in procs)
         t0 = time.perf_counter()
         t_drain.start()
         for m in msgs:
             push.send_multipart([b"ml_defender.v1.FlowBatch", m])
         t_drain.join(timeout_s)
         wall = time.perf_counter() - t0
+        cpu = sum(cpu_s(p) for p in procs) - cpu0
         done.set()
         if counts[1] < flows:
             raise SystemExit(f"{n} workers: only {counts[1]}/{flows} events in {timeout_s:.0f} s")
-        return {"flows_per_s": flows / wall, "wall_s": wall}
+        return {"flows_per_s": flows / wall, "wall_s": wall, "flows_per_worker_cpu_s": flows / max(cpu, 1e-9)}
     finally:
         done.set()
         sigterm_all(procs)
@@ -174,9 +183,11 @@ def main() -> None:
             base = base or r["flows_per_s"]
             ratio = r["flows_per_s"] / base
             print(
-                f"{n} worker(s): {r['flows_per_s']:,.0f} flows/s ({r['wall_s']:.2f} s) ratio vs {counts[0]}: {ratio:.2f}"
+                f"{n} worker(s): {r['flows_per_s']:,.0f} flows/s ({r['wall_s']:.2f} s) ratio vs {counts[0]}: "
+                f"{ratio:.2f}; {r['flows_per_worker_cpu_s']:,.0f} flows per worker CPU second"
             )
             result[f"workers_{n}_flows_per_s"] = round(r["flows_per_s"])
+            result[f"workers_{n}_flows_per_worker_cpu_s"] = round(r["flows_per_worker_cpu_s"])
             result[f"workers_{n}_ratio_vs_{counts[0]}"] = round(ratio, 3)
     print(json.dumps(result))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -489,6 +490,7 @@ def _ns_exec(ns: str, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
+@functools.cache
 def supports_etcd(script: str) -> bool:
     """Whether `<script> run` takes --etcd yet (services are being wired to etcd one by one)."""
     out = subprocess.run([str(BIN / script), "run", "--help"], capture_output=True, text=True, check=False)

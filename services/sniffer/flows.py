@@ -724,10 +724,12 @@ def _segment(
         term_before |= key_first & (o_term >= 0)
         # did the responder send anything in this flow before this packet?
         init_seg = np.where(carried, half.o_initlo[sfi], half.lo[sfi])
-        resp_upto = _seg_cumany(half.lo != init_seg[seg], first_of_pkt)
-        resp_before = np.zeros(len(t), dtype=bool)
-        resp_before[1:] = resp_upto[:-1] & ~start[1:]
-        resp_before |= c_pkt & half.o_resp[first_of_pkt]
+        resp_upto = _seg_cumany(half.lo != init_seg[seg], first_of_pkt) | (c_pkt & half.o_resp[first_of_pkt])
+        # (at a split: whether the flow that ends there had an answer, which names its end reason)
+        resp_before = np.empty(len(t), dtype=bool)
+        resp_before[0] = False
+        resp_before[1:] = resp_upto[:-1]
+        resp_before = np.where(key_first, half.o_resp, resp_before)
         state = (brk, seg, sfi, carried, term_before, term_ts_seg, term_rst_seg, flo, fhi, resp_before)
         if compute_only:
             return state

@@ -220,7 +220,10 @@ def test_down_after_a_crash_leaves_nothing(require_root: None, lab: LabSettings)
     netns = sh("ip", "netns", "list").stdout
     assert not any(ns in netns for ns in live.NAMESPACES), netns
     links = sh("ip", "-o", "link", "show").stdout
-    assert "mld-" not in links, f"a lab interface remains on the host: {links}"
+    ours = [h.ifname for h in live.HOSTS] + [h.sw_ifname for h in live.HOSTS] + [live.SPAN_TX, live.SPAN_RX]
+    assert not [i for i in ours if f" {i}:" in links or f" {i}@" in links], (
+        f"a lab interface remains: {links}"
+    )
 
     def procs_gone() -> bool:
         alive = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]

@@ -1,7 +1,7 @@
 """The multi-node lab for real: three node namespaces (sniffer on AF_PACKET, firewall on nftables,
 an etcd member each), two detector workers and the rag-logger in a core namespace, an attacker
 namespace. A SYN scan seen only at node A ends with the attacker in the nftables sets of nodes
-A, B and C (drop_fanout=all). (drop_fanout=origin is covered by tests/unit/test_detector_fanout.py.)"""
+A, B and C with drop_fanout=all, and only at A with drop_fanout=origin."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +102,27 @@ def test_attack_seen_at_a_is_blocked_at_a_b_and_c(lab_all: MultiLab) -> None:
     # The three agents registered in etcd (leased heartbeats) and are listed by `mld-config nodes`.
     table = lab.nodes_table()
     assert all(f"\n{n} " in "\n" + table and "firewall" in table for n in lab.plan.nodes), table
+
+
+@pytest.fixture
+def lab_origin(require_root: None) -> Iterator[MultiLab]:
+    yield from _lab("origin")
+
+
+def test_origin_policy_blocks_only_where_the_attack_was_seen(lab_origin: MultiLab) -> None:
+    lab = lab_origin
+    _ready(lab)
+    atk = lab.plan.attacker_addr
+
+    def scanned_and_blocked() -> bool:
+        assert not lab.exited(), f"exited: {lab.exited()}"
+        lab.attack("a")
+        return lab.blocked("a", atk)
+
+    wait_for(scanned_and_blocked, 120, interval=1.0, what=f"{atk} blocked at a")
+    # Each worker sends an event to its firewalls back to back: had b or c been sent the DROP, it
+    # would be in their sets within milliseconds of a's. Watch them for 3 s.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        assert not lab.blocked("b", atk) and not lab.blocked("c", atk), "origin policy leaked a DROP"
+        time.sleep(0.2)
