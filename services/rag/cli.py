@@ -19,7 +19,7 @@ from libs.common.cli import add_config_commands, config_option, handle_errors, p
 from libs.common.errors import UsageError
 from libs.common.settings import load_settings
 from services.rag.config import PROG, SERVICE, RagSettings
-from services.rag.errors import ServiceUnavailable, TuningError
+from services.rag.errors import IndexError_, ServiceUnavailable, TuningError
 
 
 def _settings(path: Path | None) -> RagSettings:
@@ -43,19 +43,26 @@ def _ask(settings: RagSettings, direct: bool, cmd: str, args: dict[str, Any]) ->
     """Answer through the service when it is up; otherwise open the index here (after a catch-up)."""
     from services.rag.server import call
 
+    # A rebuild re-reads every artifact: wait for it rather than for a question's timeout.
+    timeout = 3_600_000 if cmd == "rebuild" else settings.query.client_timeout_ms
     if not direct:
         try:
-            call(settings.query.endpoint, "ping", timeout_ms=300)
+            call(settings.query.endpoint, "ping", timeout_ms=500)
         except ServiceUnavailable:
             pass
         else:
-            # A rebuild re-reads every artifact: wait for it rather than for a question's timeout.
-            timeout = 3_600_000 if cmd == "rebuild" else settings.query.client_timeout_ms
             return call(settings.query.endpoint, cmd, args, timeout)
     from services.rag.app import lock_index
     from services.rag.core import RagCore, rebuild
 
-    lock = lock_index(settings.index.dir)
+    try:
+        lock = lock_index(settings.index.dir)
+    except IndexError_:
+        if direct:
+            raise
+        # The service holds the index but was too busy (e.g. embedding a burst) to answer the ping:
+        # it is up, so wait for its answer rather than failing.
+        return call(settings.query.endpoint, cmd, args, max(timeout, 30_000))
     try:
         if cmd == "rebuild":
             core, report, seconds = rebuild(settings)

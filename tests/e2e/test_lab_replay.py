@@ -93,7 +93,7 @@ def test_scanner_is_blocked_logged_and_answerable(running_lab: Path) -> None:
         return [r for r in results if r["event_id"] in ids and r["src_ip"] == SCANNER]
 
     hits = wait_for(
-        answered, timeout=60, interval=0.5, what="mld-rag query answering with the scanner's event"
+        answered, timeout=150, interval=1.0, what="mld-rag query answering with the scanner's event"
     )
     assert hits and pair.exists()
     # The benign page load (one client, 25 connections to 13 servers) is never blocked.

@@ -76,20 +76,30 @@ def test_disk_full_blocks_counts_drops_and_recovers(small_fs: Path, caplog: pyte
     accepted: list[str] = []
     try:
         with caplog.at_level(logging.INFO):
-            for i in range(200):
+            # fill the disk one event at a time (the 256 KiB hold about 30), so the bound is reached
+            # only once the writer is blocked
+            for _ in range(200):
                 ev = make_event(time.time_ns(), rng)
-                if core.submit(ev):
-                    accepted.append(ev.event_id)
-                if i == 100:  # by now the disk is full and the queue at its bound
-                    wait_for(
-                        lambda: metric("mld_rag_logger_disk_full") == 1, timeout=20, what="disk_full gauge"
-                    )
+                assert core.submit(ev)
+                accepted.append(ev.event_id)
+                wait_for(
+                    lambda: len(acked) == len(accepted) or metric("mld_rag_logger_disk_full") == 1,
+                    timeout=20,
+                    what="event written or disk full",
+                )
+                if metric("mld_rag_logger_disk_full") == 1:
+                    break
+            assert metric("mld_rag_logger_disk_full") == 1, "the small filesystem never filled up"
             assert metric("mld_rag_logger_storage_blocked") == 1
             assert metric("mld_rag_logger_storage_errors_total", reason="disk_full") > errors
             assert "writing paused" in caplog.text and "No space left on device" in caplog.text
             assert "free space on the artifacts filesystem" in caplog.text
-            dropped = metric("mld_rag_logger_events_dropped_total", reason="disk_full") - drops
-            assert dropped == 200 - len(accepted) > 0
+            # while blocked: the queue takes 50 (its bound), the other 50 are dropped and counted
+            more = [make_event(time.time_ns(), rng) for _ in range(100)]
+            queued = [e.event_id for e in more if core.submit(e)]
+            accepted += queued
+            assert len(queued) == 50
+            assert metric("mld_rag_logger_events_dropped_total", reason="disk_full") - drops == 50
             assert 0 < len(acked) < len(accepted)
             assert_whole_files_only(root)
             assert verify(root).ids == set(acked)  # what was acknowledged is there, nothing else

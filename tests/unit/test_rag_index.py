@@ -125,7 +125,9 @@ def test_hnsw_above_the_size_threshold_and_filtered_search(tmp_path: Path) -> No
     assert len(hits) == 10 and {r for r, _ in hits} <= cand
     # Same answer as a brute-force ranking of every matching event straight from SQLite.
     where, params = where_sql(flt)
-    rows = f.store.db.execute(f"SELECT rowid, text_id, final_score, ts_ns FROM events {where}", params).fetchall()
+    rows = f.store.db.execute(
+        f"SELECT rowid, text_id, final_score, ts_ns FROM events {where}", params
+    ).fetchall()
     sims = {t: float(f.store.text_vector(t) @ q) for t in {r[1] for r in rows}}
     want = sorted(rows, key=lambda r: (-round(sims[r[1]], 3), -r[2], -r[3]))[:10]
     assert [r for r, _s in hits] == [r[0] for r in want]
