@@ -90,12 +90,24 @@ def rfc3339(ns: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_ENUM_PREFIX: dict[str, str] = {}
+
+
+def _enum_prefix(enum: Any) -> str:
+    """`Decision` -> `DECISION_` (cached: this runs for every event written)."""
+    name: str = enum.DESCRIPTOR.name
+    prefix = _ENUM_PREFIX.get(name)
+    if prefix is None:
+        prefix = "".join("_" + c if c.isupper() and i else c for i, c in enumerate(name)).upper() + "_"
+        _ENUM_PREFIX[name] = prefix
+    return prefix
+
+
 def enum_name(enum: Any, value: int) -> str:
     """`DECISION_DROP` -> `DROP`: the enum's own prefix removed."""
     name: str = enum.Name(value)
-    prefix = enum.DESCRIPTOR.name
-    upper = "".join("_" + c if c.isupper() and i else c for i, c in enumerate(prefix)).upper() + "_"
-    return name[len(upper) :] if name.startswith(upper) else name
+    prefix = _enum_prefix(enum)
+    return name[len(prefix) :] if name.startswith(prefix) else name
 
 
 def enum_value(enum: Any, short: str) -> int:

@@ -178,7 +178,7 @@ class Program:
     command: list[str]
     environment: dict[str, str] = field(default_factory=dict)
     priority: int = 100
-    stopwaitsecs: int = 20
+    stopwaitsecs: int = 30
 
 
 def etcd_program(lab: LabSettings) -> Program:

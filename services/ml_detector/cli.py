@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import click
-from ml_defender.v1 import detection_pb2
 
 from libs.common.cli import add_config_commands, config_option, handle_errors, package_version
 from libs.common.errors import UsageError
 from libs.common.settings import load_settings
+from libs.watcher import EtcdSettings, etcd_options
+from ml_defender.v1 import detection_pb2
 from services.ml_detector.config import DetectorSettings
 
 PROG = "mld-detector"
@@ -25,13 +26,46 @@ def main() -> None:
 
 @main.command()
 @config_option("ml-detector")
+@etcd_options
 @handle_errors(PROG)
-def run(config_path: Path | None) -> None:
-    """Score FlowBatch messages and send DetectionEvents to the firewall and the rag-logger."""
-    from services.ml_detector.app import DetectorApp
+def run(config_path: Path | None, etcd: EtcdSettings | None) -> None:
+    """Score FlowBatch messages and send DetectionEvents to the firewall and the rag-logger.
+
+    With --etcd, settings follow config/ml-detector live (libs/watcher); hot fields apply between batches.
+    """
+    from libs.common.log import setup_logging
+    from libs.watcher import ConfigRuntime
+    from services.ml_detector.app import SERVICE, DetectorApp
+    from services.ml_detector.config import HOT_FIELDS
+    from services.ml_detector.errors import ModelError
 
     settings = load_settings(DetectorSettings, config_path)
-    sys.exit(DetectorApp(settings, config_path).run())
+    setup_logging(SERVICE, settings.log_level)
+    runtime = ConfigRuntime(
+        "ml-detector",
+        DetectorSettings,
+        initial=settings,
+        hot_fields=HOT_FIELDS,
+        etcd=etcd,
+        version=package_version(),
+    )
+    settings = runtime.start()  # before models and sockets: etcd, else its disk cache, else the file
+    try:
+        app = DetectorApp(settings, config_path)
+        if runtime.revision:
+            app.apply(settings, runtime.revision)  # stamp events with the etcd revision in force
+
+        def apply_step(_old: DetectorSettings, new: DetectorSettings) -> None:
+            # a rollback passes the settings in force again: keep their revision
+            rev = runtime.revision if new is runtime.current else runtime.applying_revision
+            if not app.apply(new, rev):
+                raise ModelError("models refused (see the log)", "models", "fix the model settings")
+
+        runtime.add_step(apply_step)
+        code = app.run()
+    finally:
+        runtime.stop()
+    sys.exit(code)
 
 
 @main.command()

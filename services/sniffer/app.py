@@ -13,12 +13,12 @@ import threading
 import time
 
 import zmq
-from ml_defender.v1 import flow_pb2
 
 from libs.common.cli import package_version
 from libs.common.lifecycle import StopFlag
 from libs.common.metrics import build_info, start_metrics_server
 from libs.common.zmqio import Pusher
+from ml_defender.v1 import flow_pb2
 from services.sniffer.config import SnifferSettings, is_hot
 from services.sniffer.errors import SnifferError
 from services.sniffer.fast_detector import FastDetector

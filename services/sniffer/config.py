@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ml_defender.v1 import flow_pb2
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from libs.common.settings import MetricsSettings, ServiceSettings
 from libs.common.zmqio import SocketSettings
+from ml_defender.v1 import flow_pb2
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 

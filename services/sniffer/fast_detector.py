@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ml_defender.v1 import flow_pb2
-
 from services.sniffer.config import FastDetectorSettings
 
 RULES: tuple[str, ...] = (

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from ml_defender.v1 import flow_pb2
 
 from libs.common.errors import InputError
+from ml_defender.v1 import flow_pb2
 from services.sniffer import wire
 from services.sniffer.config import FlowSettings, SnifferSettings
 from services.sniffer.decode import MALFORMED_REASONS, PORTED, Packets, decode, frames_to_buffer

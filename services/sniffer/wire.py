@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from ml_defender.v1 import flow_pb2
 
 U8 = npt.NDArray[np.uint8]

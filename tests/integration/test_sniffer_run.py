@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import zmq
+
 from helpers import REPO, free_port, wait_for
 from ml_defender.v1 import flow_pb2
-
 from services.sniffer.flows import extract_flows
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import is_root
 from xdp_helpers import Capture, VethPair, record_json, veth_pair
 
+from helpers import is_root
 from services.sniffer.flows import extract_flows
 
 pytestmark = pytest.mark.privileged

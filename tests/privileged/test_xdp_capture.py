@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import wait_for
 from xdp_helpers import (
     RX_IF,
     Capture,
@@ -25,6 +24,7 @@ from xdp_helpers import (
     write_pcap,
 )
 
+from helpers import wait_for
 from services.sniffer.flows import extract_flows
 
 pytestmark = pytest.mark.privileged

@@ -15,8 +15,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE.parent))
 
-from helpers import SHARED_PCAPS  # noqa: E402
 from sniffer_cases import case_name, write_case  # noqa: E402
+
+from helpers import SHARED_PCAPS  # noqa: E402
 
 
 def main(names: list[str]) -> int:

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from ml_defender.v1 import detection_pb2
 
 from libs.common.events import event_to_dict
+from ml_defender.v1 import detection_pb2
 from services.ml_detector.analyze import analyze
 from services.ml_detector.config import DetectorSettings
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from ml_defender.v1 import flow_pb2
 
+from ml_defender.v1 import flow_pb2
 from services.sniffer.config import FastDetectorSettings
 from services.sniffer.fast_detector import FastDetector, classify
 

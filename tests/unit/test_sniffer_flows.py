@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ml_defender.v1 import flow_pb2
 
 from libs.common.events import community_id, features_dict, flow_dict, ip_text
+from ml_defender.v1 import flow_pb2
 from services.sniffer import flows as flows_mod
 from services.sniffer import wire
 from services.sniffer.config import SnifferSettings

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ml_defender.v1 import flow_pb2
 
+from ml_defender.v1 import flow_pb2
 from services.sniffer.config import SnifferSettings, is_hot
 from services.sniffer.fast_detector import FastDetector
 from services.sniffer.flows import FlowTable
@@ -173,3 +173,41 @@ def test_half_open_timeout_is_hot_and_validated() -> None:
         settings_with(half_open_timeout_s=-1)
     with pytest.raises(ValueError):
         SnifferSettings.model_validate({"xdp": {"ringbuf_kib": 3000}})
+
+
+class _XdpStats:
+    """Stands in for XdpSource: only stats() is read by the metrics update."""
+
+    name = "xdp"
+
+    def __init__(self) -> None:
+        self.st: dict[str, int] = {}
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.st)
+
+
+def test_xdp_loss_and_fill_become_metrics() -> None:
+    """ringbuf_full / lost_packets / notice_lost are counted by delta, map fill is a gauge."""
+    from prometheus_client import REGISTRY
+
+    from services.sniffer.app import SnifferApp
+
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    names = (
+        "mld_sniffer_xdp_ringbuf_full_total",
+        "mld_sniffer_xdp_lost_packets_total",
+        "mld_sniffer_xdp_notices_lost_total",
+    )
+    before = {n: value(n) for n in names}
+    app = SnifferApp(settings_with())
+    src = _XdpStats()
+    src.st = {"map_fill_permille": 250, "ringbuf_full": 2, "lost_packets": 7, "notice_lost": 1}
+    app._update_metrics(src)  # type: ignore[arg-type]
+    src.st = {"map_fill_permille": 900, "ringbuf_full": 3, "lost_packets": 9, "notice_lost": 1}
+    app._update_metrics(src)  # type: ignore[arg-type]
+    got = {n: value(n) - before[n] for n in names}
+    assert got == dict(zip(names, (3.0, 9.0, 1.0), strict=True))
+    assert value("mld_sniffer_xdp_map_fill_permille") == 900

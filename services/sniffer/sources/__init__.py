@@ -10,9 +10,8 @@ import importlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from ml_defender.v1 import flow_pb2
-
 from libs.common.lifecycle import StopFlag
+from ml_defender.v1 import flow_pb2
 from services.sniffer.errors import SourceError
 
 if TYPE_CHECKING:

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
-from ml_defender.v1 import flow_pb2
 
 from libs.common.lifecycle import StopFlag
+from ml_defender.v1 import flow_pb2
 from services.sniffer.decode import decode
 from services.sniffer.errors import SourceError
 from services.sniffer.flows import FlowTable

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from ml_defender.v1 import flow_pb2
 
 from libs.common.lifecycle import StopFlag
+from ml_defender.v1 import flow_pb2
 from services.sniffer.config import SnifferSettings
 from services.sniffer.decode import decode
 from services.sniffer.errors import CaptureFileError

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ml_defender.v1 import flow_pb2
 
 from libs.common.events import community_id
 from libs.common.lifecycle import StopFlag
+from ml_defender.v1 import flow_pb2
 from services.sniffer import libbpf
 from services.sniffer.bpf import build
 from services.sniffer.errors import SourceError
