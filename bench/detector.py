@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from ml_defender.v1 import flow_pb2
 
 REPO = Path(__file__).resolve().parents[1]

@@ -44,11 +44,10 @@ def pct(values: list[float], p: float) -> float:
 
 def firewall_floor(lab: Any, runs: int) -> list[float]:
     """DROP events pushed straight into the firewall's socket: push -> element present (ms)."""
-    from ml_defender.v1 import detection_pb2
-
     from libs.common.events import ip_bytes
     from libs.common.zmqio import Pusher, SocketSettings
     from libs.lab import attacks, live
+    from ml_defender.v1 import detection_pb2
 
     sources = attacks.next_sources(lab, runs)
     endpoint = f"ipc://{live.sock_paths(lab)['firewall']}"

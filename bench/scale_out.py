@@ -29,9 +29,8 @@ from zmq.utils.monitor import recv_monitor_message
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ml_defender.v1 import flow_pb2  # noqa: E402
-
 from libs.lab.multi import Proc, detector_doc, detector_proc, sigterm_all  # noqa: E402
+from ml_defender.v1 import flow_pb2  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "pcaps"
 BATCH = 256

@@ -13,14 +13,16 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
-from libs.common.errors import ConfigError
+from libs.common.errors import ConfigError, MLDefenderError
 from libs.common.settings import ServiceSettings, validate_settings
 from libs.lab import control
 from libs.lab.plan import (
+    REPO,
     SERVICES,
     LabSettings,
     deep_merge,
     default_pcaps,
+    etcd_documents,
     etcd_program,
     free_ports,
     render_supervisord,
@@ -176,6 +178,12 @@ def up(
     except control.LabError as err:
         click.echo(f"mld-lab: error: {err}", err=True)
         sys.exit(1)
+    try:
+        for line in control.seed_etcd(lab, etcd_documents(lab, REPO / "deploy" / "config")):
+            click.echo(f"  config     {line}")
+    except (control.LabError, MLDefenderError) as err:
+        click.echo(f"mld-lab: error: cannot load the default configuration into etcd: {err}", err=True)
+        sys.exit(1)
     _print_where(lab)
     if prom is not None:
         click.echo(f"  prometheus {prom.url}")
@@ -233,7 +241,10 @@ def _print_where(lab: LabSettings) -> None:
     click.echo(f"  artifacts  {lab.artifacts_dir}/YYYY-MM-DD/event_<id>.json")
     if lab.firewall_backend == "dry_run":
         click.echo(f"  blocks     {lab.dry_run_log}   (dry-run backend: what would be blocked)")
-    click.echo('  ask        .venv/bin/mld-rag query "high divergence events from the last hour"')
+    click.echo(
+        f'  ask        .venv/bin/mld-rag query --config {lab.config_dir / "rag.json"} "high divergence events from the last hour"'
+    )
+    click.echo(f"  tune       .venv/bin/mld-config --etcd {lab.etcd_url} edit ml-detector   (applied live)")
     click.echo("  stop       make kill-lab")
 
 
@@ -245,11 +256,18 @@ def _print_status(lab: LabSettings) -> int:
             click.echo(f"  {name:<12} STOPPED")
         return 3
     states = control.program_states(lab)
+    beats = control.heartbeats(lab)
     bad = 0
     for s in states:
         extra = ""
         if s.name in SERVICES:
             extra = "  metrics " + ("up" if control.metrics_up(lab.ports.metrics(s.name)) else "DOWN")
+            hb = beats.get(s.name)
+            extra += (
+                f"  heartbeat pid {hb.get('pid')} config rev {hb.get('config_revision')}"
+                if hb and s.state == "RUNNING"
+                else "  heartbeat none"
+            )
         click.echo(f"  {s.name:<12} {s.state:<9} pid {s.pid or '-':<7} up {s.uptime_s:>6}s{extra}")
         bad += s.state != "RUNNING"
     return 1 if bad else 0

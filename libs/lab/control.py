@@ -151,3 +151,52 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def seed_etcd(lab: LabSettings, docs: dict[str, dict[str, Any]], timeout_s: float = 30) -> list[str]:
+    """Store each config/<service> document that etcd does not have yet; existing ones are kept.
+
+    Returns one line per service saying what happened, for the user.
+    """
+    from libs.etcd_client.client import EtcdClient
+    from libs.etcd_client.edit import config_key, validate_document
+
+    client = EtcdClient(lab.etcd_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not client.health():
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"etcd did not answer on {lab.etcd_url} within {timeout_s:.0f}s; see {lab.log_dir / 'etcd.log'}"
+                )
+            time.sleep(0.2)
+        lines = []
+        for svc, doc in docs.items():
+            validate_document(client, svc, doc)
+            key = config_key(svc)
+            if client.get_kv(key) is not None:
+                lines.append(f"{svc}: {client.full_key(key)} present, kept")
+                continue
+            rev = client.cas(key, doc, 0)
+            lines.append(f"{svc}: {client.full_key(key)} loaded at revision {rev}")
+        return lines
+    finally:
+        client.close()
+
+
+def heartbeats(lab: LabSettings) -> dict[str, dict[str, Any]]:
+    """service -> its latest heartbeat under nodes/<node>/<service> (empty when etcd is down)."""
+    from libs.etcd_client.client import EtcdClient
+
+    client = EtcdClient(lab.etcd_url, timeout_s=1.0)
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for kv in client.get_prefix("nodes/"):
+            hb = client.decode(kv)
+            if isinstance(hb, dict):
+                out[kv.key.rsplit("/", 1)[-1]] = hb
+    except Exception:
+        return {}
+    finally:
+        client.close()
+    return out

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from libs.lab.plan import LabSettings, Program, etcd_program
+from libs.lab.plan import LabSettings, Program, etcd_args, etcd_program
 
 PREFIX = "mld-"
 NS_SWITCH = "mld-switch"
@@ -303,6 +303,10 @@ def live_programs(lab: LabSettings) -> list[Program]:
 
     def svc(name: str, script: str, order: int, ns: str | None = None) -> Program:
         cmd = [str(lab.venv_bin / script), "run", "--config", str(lab.config_dir / f"{name}.json")]
+        if ns is None:
+            # Services on the host follow etcd live; those inside a namespace cannot reach the
+            # host's loopback etcd and run from their --config file.
+            cmd += etcd_args(lab)
         return Program(name, in_ns(ns, *cmd) if ns else cmd, environment=env, priority=order)
 
     progs = [

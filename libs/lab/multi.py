@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from ml_defender.v1 import config_pb2, detection_pb2, flow_pb2
 from zmq.utils.monitor import recv_monitor_message
 
 from libs.common import curve
 from libs.common.errors import ConfigError, MLDefenderError
+from ml_defender.v1 import config_pb2, detection_pb2, flow_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -6,6 +6,7 @@ configuration; everything here is plain data so it is tested without starting an
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import sys
@@ -211,10 +212,56 @@ def _is_arm64() -> bool:
     return platform.machine() in ("aarch64", "arm64")
 
 
+def etcd_args(lab: LabSettings) -> list[str]:
+    """Every service follows config/<service> in the lab's etcd and reports ConfigChanges."""
+    return [
+        "--etcd",
+        lab.etcd_url,
+        "--config-cache",
+        str(lab.lab_dir / "config-cache"),
+        "--config-events",
+        f"tcp://127.0.0.1:{lab.ports.rag_logger}",
+    ]
+
+
+def etcd_documents(lab: LabSettings, deploy_dir: Path) -> dict[str, dict[str, Any]]:
+    """The shared config/<service> documents the lab stores when absent.
+
+    They are deploy/config/<service>.json (hot fields) with the lab's own values for any field the
+    lab also sets (e.g. rag's etcd endpoint), since etcd's document wins over the --config file.
+    """
+    overrides = service_overrides(lab)
+    docs = {}
+    for svc in SERVICES:
+        path = deploy_dir / f"{svc}.json"
+        if path.exists():
+            docs[svc] = _overlay_present(json.loads(path.read_text()), overrides[svc])
+    return docs
+
+
+def _overlay_present(doc: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`doc` with the leaves of `over` that `doc` already has (no new keys are added)."""
+    out = dict(doc)
+    for key, value in over.items():
+        if key not in out:
+            continue
+        if isinstance(value, Mapping) and isinstance(out[key], dict):
+            out[key] = _overlay_present(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def service_programs(lab: LabSettings) -> list[Program]:
     progs = []
     for i, svc in enumerate(SERVICES):
-        cmd = [str(lab.venv_bin / SCRIPTS[svc]), "run", "--config", str(lab.config_dir / f"{svc}.json")]
+        cmd = [
+            str(lab.venv_bin / SCRIPTS[svc]),
+            "run",
+            "--config",
+            str(lab.config_dir / f"{svc}.json"),
+            *etcd_args(lab),
+        ]
         # Receivers first so that senders find them (ZeroMQ reconnects anyway).
         order = {"rag-logger": 20, "firewall": 21, "rag": 22, "ml-detector": 30, "sniffer": 40}[svc]
         progs.append(Program(svc, cmd, environment={"PYTHONUNBUFFERED": "1"}, priority=order + i * 0))

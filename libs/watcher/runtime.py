@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from ml_defender.v1 import config_pb2
 from pydantic import BaseModel, ValidationError
 
 from libs.common.errors import ConfigError
@@ -34,10 +33,11 @@ from libs.etcd_client.errors import EnvelopeError, EtcdError, EtcdUnavailable
 from libs.etcd_client.settings import EtcdSettings
 from libs.watcher.diff import MISSING, Change, apply_changes, deep_merge, diff, split
 from libs.watcher.metrics import SOURCES, config_metrics
+from ml_defender.v1 import config_pb2
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
-ApplyStep = Callable[[Any, Any], None]
+ApplyStep = Callable[[Any, Any], object]  # return value ignored; raise to roll back
 Source = Literal["etcd", "cache", "file", "defaults"]
 Result = Literal["APPLIED", "REJECTED", "ROLLED_BACK", "UNCHANGED"]
 

@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ml_defender.v1 import detection_pb2
-
 from libs.common.cli import package_version
 from libs.common.errors import ConfigError, MLDefenderError
 from libs.common.events import enum_name, ip_text
@@ -33,6 +31,7 @@ from libs.common.metrics import build_info, start_metrics_server
 from libs.common.settings import load_settings
 from libs.common.zmqio import Puller
 from libs.watcher import ConfigRuntime, EtcdSettings
+from ml_defender.v1 import detection_pb2
 from services.firewall import metrics as m
 from services.firewall.backends import Backend, open_backend
 from services.firewall.config import HOT_FIELDS, FirewallSettings, hot_changes, restart_changes

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ml_defender.v1 import detection_pb2, flow_pb2
-
 from libs.common.errors import InputError
 from libs.common.events import enum_name, event_to_dict, ip_text
+from ml_defender.v1 import detection_pb2, flow_pb2
 from services.ml_detector.config import DetectorSettings
 from services.ml_detector.detector import Detector
 from services.ml_detector.models import load_model_set

@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from ml_defender.v1 import detection_pb2, flow_pb2
-
 from libs.common.cli import package_version
 from libs.common.errors import MLDefenderError
 from libs.common.lifecycle import StopFlag
@@ -25,6 +23,7 @@ from libs.common.log import setup_logging
 from libs.common.metrics import build_info, start_metrics_server
 from libs.common.settings import load_settings
 from libs.common.zmqio import Puller, Pusher
+from ml_defender.v1 import detection_pb2, flow_pb2
 from services.ml_detector.config import RESTART_FIELDS, DetectorSettings
 from services.ml_detector.detector import Detector
 from services.ml_detector.fanout import targets

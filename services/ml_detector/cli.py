@@ -38,9 +38,11 @@ def run(config_path: Path | None, etcd: EtcdSettings | None) -> None:
     from services.ml_detector.app import SERVICE, DetectorApp
     from services.ml_detector.config import HOT_FIELDS
     from services.ml_detector.errors import ModelError
+    from services.ml_detector.metrics import detector_metrics
 
     settings = load_settings(DetectorSettings, config_path)
     setup_logging(SERVICE, settings.log_level)
+    detector_metrics()  # registers mld_ml_detector_config_revision first; the runtime then shares it
     runtime = ConfigRuntime(
         "ml-detector",
         DetectorSettings,

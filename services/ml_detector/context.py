@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+
 from ml_defender.v1 import flow_pb2
 
 CONTEXT_FEATURES: tuple[str, ...] = (

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from ml_defender.v1 import detection_pb2, flow_pb2
 
 from libs.common.events import FEATURE_NAMES, uuid7
+from ml_defender.v1 import detection_pb2, flow_pb2
 from services.ml_detector.config import DetectorSettings
 from services.ml_detector.context import ContextTracker
 from services.ml_detector.models import MODEL_FEATURES, ModelSet

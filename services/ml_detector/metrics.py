@@ -6,10 +6,10 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from ml_defender.v1 import detection_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common.events import enum_name
+from ml_defender.v1 import detection_pb2
 from services.ml_detector.scoring import Scores
 
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from ml_defender.v1 import detection_pb2
 
+from ml_defender.v1 import detection_pb2
 from services.ml_detector.config import ThresholdSettings
 
 C = detection_pb2

@@ -19,6 +19,7 @@ from libs.common.cli import package_version
 from libs.common.lifecycle import StopFlag
 from libs.common.log import setup_logging
 from libs.common.metrics import build_info, start_metrics_server
+from libs.watcher import ConfigRuntime
 from services.rag.config import SERVICE, RagSettings
 from services.rag.core import RagCore, rebuild
 from services.rag.errors import IndexError_
@@ -118,6 +119,21 @@ class RagService:
             self.core = RagCore(self.settings, old._embedder)
             reply.put({"error": str(exc)})
 
+    def update_settings(self, new: RagSettings) -> None:
+        """Apply the hot fields live (a libs.watcher step): the loop reads `self.settings` each turn;
+        the follower, store and engine keep copies of a few numbers, updated here."""
+        from services.rag.query import Vocabulary
+
+        core, q = self.core, new.query
+        core.follower.batch_events = new.ingest.batch_events
+        core.follower.full_rescan_s = new.ingest.full_rescan_s
+        core.store.ef_search = new.index.hnsw_ef_search
+        core.engine.vocab = Vocabulary(q.high_divergence, q.high_score, q.fast_fired, q.ml_disagree)
+        core.engine.default_limit, core.engine.max_limit = q.default_limit, q.max_limit
+        core.engine.min_similarity = q.min_similarity
+        core.settings = new
+        self.settings = new
+
     def run(self) -> None:
         s = self.settings
         build_info(SERVICE, package_version(), s.node_id)
@@ -165,8 +181,12 @@ class RagService:
             log.info("stopped", extra={"reason": self.stop.reason})
 
 
-def run_service(settings: RagSettings) -> None:
+def run_service(settings: RagSettings, runtime: ConfigRuntime[RagSettings] | None = None) -> None:
+    """Run until SIGTERM; `runtime` (libs.watcher, settings from etcd) gets the live-update step."""
     setup_logging(SERVICE, settings.log_level)
     stop = StopFlag()
     stop.install_signal_handlers()
-    RagService(settings, stop).run()
+    service = RagService(settings, stop)
+    if runtime is not None:
+        runtime.add_step(lambda _old, new: service.update_settings(new))
+    service.run()

@@ -18,6 +18,7 @@ import click
 from libs.common.cli import add_config_commands, config_option, handle_errors, package_version
 from libs.common.errors import UsageError
 from libs.common.settings import load_settings
+from libs.watcher import EtcdSettings, etcd_options
 from services.rag.config import PROG, SERVICE, RagSettings
 from services.rag.errors import IndexError_, ServiceUnavailable, TuningError
 
@@ -129,12 +130,28 @@ _limit = click.option(
 
 @main.command()
 @config_option(SERVICE)
+@etcd_options
 @handle_errors(PROG)
-def run(config_path: Path | None) -> None:
-    """Run the service: ingest the artifacts, follow new pairs, answer on query.endpoint."""
-    from services.rag.app import run_service
+def run(config_path: Path | None, etcd: EtcdSettings | None) -> None:
+    """Run the service: ingest the artifacts, follow new pairs, answer on query.endpoint.
 
-    run_service(_settings(config_path))
+    With --etcd, settings follow config/rag live (libs/watcher): ingest, index search and query words.
+    """
+    from libs.common.log import setup_logging
+    from libs.watcher import ConfigRuntime
+    from services.rag.app import run_service
+    from services.rag.config import HOT_FIELDS
+
+    settings = _settings(config_path)
+    setup_logging(SERVICE, settings.log_level)
+    runtime = ConfigRuntime(
+        SERVICE, RagSettings, initial=settings, hot_fields=HOT_FIELDS, etcd=etcd, version=package_version()
+    )
+    settings = runtime.start()  # before the index opens: etcd, else its disk cache, else the file
+    try:
+        run_service(settings, runtime)
+    finally:
+        runtime.stop()
 
 
 @main.command()

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ml_defender.v1 import detection_pb2, flow_pb2
-
 from libs.common.events import community_id, event_to_dict, ip_bytes
+from ml_defender.v1 import detection_pb2, flow_pb2
 
 SCENARIOS: dict[str, float] = {
     "benign_web": 0.14,

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 from google.protobuf.message import DecodeError
-from ml_defender.v1 import detection_pb2
 
+from ml_defender.v1 import detection_pb2
 from services.rag.store import EventStore, NewEvent
 from services.rag.text import AddressRoles, event_text, why_line
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import time
 
-from ml_defender.v1 import config_pb2, detection_pb2
-
 from libs.common.cli import package_version
 from libs.common.lifecycle import StopFlag
 from libs.common.log import setup_logging
 from libs.common.metrics import build_info, start_metrics_server
 from libs.common.zmqio import Puller
+from libs.watcher import ConfigRuntime
+from ml_defender.v1 import config_pb2, detection_pb2
 from services.rag_logger.config import METRICS_SERVICE, SERVICE, RagLoggerSettings
 from services.rag_logger.core import Clock, LoggerCore
 
@@ -23,8 +23,16 @@ MESSAGE_TYPES = {
 }
 
 
-def run(settings: RagLoggerSettings, stop: StopFlag | None = None, clock: Clock = time.time_ns) -> int:
-    """Serve until stopped; returns the exit code (0 after a clean drain, 1 when events were lost at stop)."""
+def run(
+    settings: RagLoggerSettings,
+    stop: StopFlag | None = None,
+    clock: Clock = time.time_ns,
+    runtime: ConfigRuntime[RagLoggerSettings] | None = None,
+) -> int:
+    """Serve until stopped; returns the exit code (0 after a clean drain, 1 when events were lost at stop).
+
+    `runtime` (libs.watcher, when settings come from etcd) gets a step that swaps the writer's settings.
+    """
     setup_logging(SERVICE, settings.log_level)
     flag = stop or StopFlag()
     if stop is None:
@@ -33,6 +41,8 @@ def run(settings: RagLoggerSettings, stop: StopFlag | None = None, clock: Clock 
     build_info(METRICS_SERVICE, package_version(), settings.node_id)
     core = LoggerCore(settings, clock, on_fatal=lambda exc: flag.set(f"writer failed: {exc!r}"))
     core.start()
+    if runtime is not None:
+        runtime.add_step(lambda _old, new: core.update_settings(new))
     try:
         puller = Puller(METRICS_SERVICE, settings.input, dict(MESSAGE_TYPES))
     except BaseException:

@@ -10,6 +10,7 @@ import click
 
 from libs.common.cli import add_config_commands, config_option, handle_errors, package_version
 from libs.common.settings import load_settings
+from libs.watcher import EtcdSettings, etcd_options
 from services.rag_logger.config import SERVICE, RagLoggerSettings
 
 PROG = "mld-rag-logger"
@@ -23,13 +24,34 @@ def main() -> None:
 
 @main.command()
 @config_option(SERVICE)
+@etcd_options
 @handle_errors(PROG)
-def run(config_path: Path | None) -> None:
-    """Receive events and write them durably until SIGTERM (then drain and exit 0)."""
+def run(config_path: Path | None, etcd: EtcdSettings | None) -> None:
+    """Receive events and write them durably until SIGTERM (then drain and exit 0).
+
+    With --etcd, settings follow config/rag-logger live (libs/watcher): keep policy, commit, storage.
+    """
+    from libs.common.log import setup_logging
+    from libs.watcher import ConfigRuntime
     from services.rag_logger.app import run as run_app
+    from services.rag_logger.config import HOT_FIELDS
 
     settings = load_settings(RagLoggerSettings, config_path)
-    sys.exit(run_app(settings))
+    setup_logging(SERVICE, settings.log_level)
+    runtime = ConfigRuntime(
+        SERVICE,
+        RagLoggerSettings,
+        initial=settings,
+        hot_fields=HOT_FIELDS,
+        etcd=etcd,
+        version=package_version(),
+    )
+    settings = runtime.start()  # before the writer opens: etcd, else its disk cache, else the file
+    try:
+        code = run_app(settings, runtime=runtime)
+    finally:
+        runtime.stop()
+    sys.exit(code)
 
 
 @main.command()

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 
 from google.protobuf.message import Message
-from ml_defender.v1 import config_pb2, detection_pb2
 
+from ml_defender.v1 import config_pb2, detection_pb2
 from services.rag_logger import fsio, layout
 from services.rag_logger import metrics as m
 from services.rag_logger.config import RagLoggerSettings

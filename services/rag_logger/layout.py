@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from ml_defender.v1 import config_pb2, detection_pb2
 
 from libs.common.events import config_change_to_dict, event_to_dict
+from ml_defender.v1 import config_pb2, detection_pb2
 
 DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,127}$")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ml_defender.v1 import detection_pb2
-
 from services.rag_logger.config import KeepPolicy
 
 

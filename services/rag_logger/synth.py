@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import random
 
-from ml_defender.v1 import config_pb2, detection_pb2
-
 from libs.common.events import FEATURE_NAMES, community_id, uuid7
+from ml_defender.v1 import config_pb2, detection_pb2
 
 _MODELS = ("ddos", "ransomware", "traffic", "internal")
 

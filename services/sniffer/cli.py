@@ -17,6 +17,7 @@ from libs.common.events import features_dict, flow_dict, ip_text
 from libs.common.lifecycle import StopFlag
 from libs.common.log import setup_logging
 from libs.common.settings import load_settings, validate_settings
+from libs.watcher import EtcdSettings, etcd_options
 from services.sniffer.config import SnifferSettings
 
 PROG = "mld-sniffer"
@@ -48,6 +49,7 @@ add_config_commands(main, PROG, "sniffer", SnifferSettings)
 @click.option("--pace", type=click.Choice(["fast", "realtime"]), default=None, help="Override capture.pace.")
 @click.option("--loop/--no-loop", default=None, help="Override capture.loop.")
 @click.option("--exit-when-done", is_flag=True, help="Exit when the pcap source is done instead of idling.")
+@etcd_options
 @handle_errors(PROG)
 def run_cmd(
     config_path: Path | None,
@@ -55,20 +57,44 @@ def run_cmd(
     pace: str | None,
     loop: bool | None,
     exit_when_done: bool,
+    etcd: EtcdSettings | None,
 ) -> None:
-    """Run the service: capture, score, PUSH FlowBatch messages; SIGTERM drains and exits 0."""
+    """Run the service: capture, score, PUSH FlowBatch messages; SIGTERM drains and exits 0.
+
+    With --etcd, settings follow config/sniffer live (libs/watcher); command-line flags win over etcd.
+    """
+    from libs.watcher import ConfigRuntime
+    from services.sniffer.config import HOT_FIELDS
+
     settings = load(config_path)
+    overrides: dict[str, object] = {}
     if pcaps or pace or loop is not None:
-        overrides: dict[str, object] = {"pace": pace, "loop": loop}
+        overrides = {"pace": pace, "loop": loop}
         if pcaps:
             overrides.update(pcap_paths=list(pcaps), source="pcap")
         settings = with_overrides(settings, "command line", **overrides)
     setup_logging("sniffer", settings.log_level)
     from services.sniffer.app import SnifferApp
 
-    stop = StopFlag()
-    stop.install_signal_handlers()
-    sys.exit(SnifferApp(settings, stop=stop, exit_when_done=exit_when_done).run())
+    runtime = ConfigRuntime(
+        "sniffer",
+        SnifferSettings,
+        initial=settings,
+        hot_fields=HOT_FIELDS,
+        etcd=etcd,
+        version=package_version(),
+        overrides={"capture": {k: v for k, v in overrides.items() if v is not None}} if overrides else None,
+    )
+    settings = runtime.start()  # before capture opens: etcd, else its disk cache, else the file
+    try:
+        stop = StopFlag()
+        stop.install_signal_handlers()
+        app = SnifferApp(settings, stop=stop, exit_when_done=exit_when_done)
+        runtime.add_step(lambda _old, new: app.update_settings(new))
+        code = app.run()
+    finally:
+        runtime.stop()
+    sys.exit(code)
 
 
 @main.command("flows")

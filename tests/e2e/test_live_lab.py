@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, is_root, wait_for
 
+from helpers import REPO, is_root, wait_for
 from libs.lab import attacks, live
 from libs.lab.plan import LabSettings
 

@@ -109,6 +109,7 @@ def detector(etcd_server: EtcdServer, tmp_path: Path) -> Iterator[dict[str, Any]
 
 
 def decide(d: dict[str, Any], seq: int) -> detection_pb2.DetectionEvent:
+    assert d["proc"].poll() is None, d["log"].read_text()[-3000:]
     # no peer yet (the detector loads its models after reading etcd): a PUSH without peers keeps nothing
     wait_for(lambda: d["sniffer"].send(batch(seq)), 60, what="detector connected to the sniffer endpoint")
     ev = wait_for(lambda: d["firewall"].recv(100), 20, what=f"event for flow {seq}")

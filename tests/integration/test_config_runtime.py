@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 from fixtures.etcd import EtcdServer, TcpProxy
-from helpers import wait_for
 from pydantic import BaseModel, Field
 
+from helpers import wait_for
 from libs.common.settings import ServiceSettings
 from libs.etcd_client import EtcdClient
 from libs.etcd_client.crypto import generate_key
@@ -234,9 +234,8 @@ def test_restart_with_etcd_down_uses_cached_config(etcd_server: EtcdServer, tmp_
 
 def test_config_change_event_reaches_the_rag_logger_endpoint(etcd_server: EtcdServer, tmp_path: Path) -> None:
     from helpers import free_port
-    from ml_defender.v1 import config_pb2
-
     from libs.common.zmqio import Puller, SocketSettings
+    from ml_defender.v1 import config_pb2
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     puller = Puller(

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import zmq
-from helpers import free_port, wait_for
-from ml_defender.v1 import flow_pb2
 
+from helpers import free_port, wait_for
 from libs.common.curve import CurveSettings, generate
 from libs.common.zmqio import Puller, Pusher, SocketSettings
+from ml_defender.v1 import flow_pb2
 
 DUMPCAP = shutil.which("dumpcap") or shutil.which("tcpdump")
 MARKER = b"PLAINTEXT-MARKER-victim.example-31337"

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import zmq
 from click.testing import CliRunner
-from helpers import free_port, wait_for
-from ml_defender.v1 import flow_pb2
 from prometheus_client import REGISTRY
 
+from helpers import free_port, wait_for
 from libs.common import curve
 from libs.common.curve import CurveSettings
 from libs.common.errors import ConfigError
 from libs.common.keys_cli import main as keys_main
 from libs.common.zmqio import Puller, Pusher, SocketSettings
+from ml_defender.v1 import flow_pb2
 
 pytestmark = pytest.mark.integration
 TYPES = {"ml_defender.v1.FlowBatch": flow_pb2.FlowBatch}

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import zmq
+
 from helpers import free_port, wait_for
 from ml_defender.v1 import detection_pb2, flow_pb2
-
 from services.ml_detector.config import MODEL_NAMES
 
 REPO = Path(__file__).resolve().parents[2]

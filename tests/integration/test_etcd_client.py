@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from fixtures.etcd import EtcdServer
-from helpers import wait_for
 
+from helpers import wait_for
 from libs.etcd_client import CasConflict, EtcdClient, WatchEvent
 from libs.etcd_client.crypto import generate_key
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from fixtures.etcd import EtcdServer
-from helpers import REPO, free_port, wait_for
-from ml_defender.v1 import detection_pb2
 
+from helpers import REPO, free_port, wait_for
 from libs.common.events import ip_bytes
 from libs.common.zmqio import Pusher, SocketSettings
 from libs.etcd_client import EtcdClient
+from ml_defender.v1 import detection_pb2
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 from fixtures.etcd import ETCD_BIN, EtcdServer
-from helpers import REPO, free_port, wait_for
 
+from helpers import REPO, free_port, wait_for
 from libs.lab.prometheus import (
     ETCD_METRICS,
     OPENER,

@@ -26,7 +26,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers when run as a script
 from helpers import REPO, wait_for
-
 from services.rag_logger.verify import repair, verify
 
 KILLS = int(os.environ.get("MLD_RAG_LOGGER_KILLS", "50"))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import zmq
-from helpers import REPO, free_port, wait_for
 
+from helpers import REPO, free_port, wait_for
 from libs.common.zmqio import Pusher, SocketSettings
 from services.rag_logger.synth import make_config_change, make_event
 from services.rag_logger.verify import verify

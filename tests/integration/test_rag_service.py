@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, free_port, wait_for
 
+from helpers import REPO, free_port, wait_for
 from services.rag.corpus import CorpusGenerator, write_corpus, write_pair
 from services.rag.errors import ServiceUnavailable
 from services.rag.server import call

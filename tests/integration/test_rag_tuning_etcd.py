@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from fixtures.etcd import EtcdServer
-from helpers import REPO, wait_for
 
+from helpers import REPO, wait_for
 from libs.etcd_client import EtcdClient
 from libs.etcd_client.settings import EtcdSettings
 from libs.watcher import ConfigRuntime

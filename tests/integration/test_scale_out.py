@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import zmq
 from click.testing import CliRunner
-from helpers import free_port, wait_for
 
+from helpers import free_port, wait_for
 from libs.etcd_client.cli import main as config_main
 from libs.etcd_client.client import EtcdClient
 from libs.etcd_client.errors import EtcdUnavailable

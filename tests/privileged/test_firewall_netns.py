@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import REPO, wait_for
-from ml_defender.v1 import detection_pb2
 
+from helpers import REPO, wait_for
 from libs.common.events import ip_bytes
 from libs.common.zmqio import Pusher, SocketSettings
+from ml_defender.v1 import detection_pb2
 
 pytestmark = pytest.mark.privileged
 TABLE = "mld_test"

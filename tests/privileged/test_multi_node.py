@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
 
+from helpers import wait_for
 from libs.lab.multi import MultiLab, MultiPlan, run
 
 pytestmark = pytest.mark.privileged

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
 from prometheus_client import REGISTRY
 
+from helpers import wait_for
 from services.rag_logger import layout
 from services.rag_logger.config import RagLoggerSettings
 from services.rag_logger.core import LoggerCore

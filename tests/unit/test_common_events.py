@@ -22,10 +22,19 @@ pytestmark = pytest.mark.unit
         ("192.168.1.52", "8.8.8.8", 54585, 53, 17, "1:d/FP5EW3wiY1vCndhwleRRKHowQ="),
         ("192.168.0.89", "192.168.0.1", 8, 0, 1, "1:X0snYXpgwiv9TZtqg64sgzUn6Dk="),
         ("192.168.0.1", "192.168.0.89", 0, 0, 1, "1:X0snYXpgwiv9TZtqg64sgzUn6Dk="),
-        ("fe80::200:86ff:fe05:80da", "fe80::260:97ff:fe07:69ea", 135, 0, 58, "1:dGHyGvjMfljg6Bppwm3bg0LO8TY="),
+        (
+            "fe80::200:86ff:fe05:80da",
+            "fe80::260:97ff:fe07:69ea",
+            135,
+            0,
+            58,
+            "1:dGHyGvjMfljg6Bppwm3bg0LO8TY=",
+        ),
     ],
 )
-def test_community_id_matches_spec_vectors(src: str, dst: str, sport: int, dport: int, proto: int, expected: str) -> None:
+def test_community_id_matches_spec_vectors(
+    src: str, dst: str, sport: int, dport: int, proto: int, expected: str
+) -> None:
     got = events.community_id(events.ip_bytes(src), events.ip_bytes(dst), sport, dport, proto)
     assert got == expected
 
@@ -34,32 +43,62 @@ def test_uuid7_is_time_ordered_and_well_formed() -> None:
     ids = [events.uuid7() for _ in range(5000)]
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
-    assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", i) for i in ids)
+    assert all(
+        re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", i) for i in ids
+    )
     ns = 1_700_000_000_123_000_000
     assert events.uuid7_time_ns(events.uuid7(ns)) // 1_000_000 >= ns // 1_000_000
 
 
 def test_enum_names_round_trip() -> None:
-    for enum in (detection_pb2.Decision, detection_pb2.Classification, detection_pb2.Verdict, flow_pb2.EndReason):
+    for enum in (
+        detection_pb2.Decision,
+        detection_pb2.Classification,
+        detection_pb2.Verdict,
+        flow_pb2.EndReason,
+    ):
         for value in enum.values():
             assert events.enum_value(enum, events.enum_name(enum, value)) == value
     assert events.enum_name(detection_pb2.Decision, detection_pb2.DECISION_DROP) == "DROP"
-    assert events.enum_name(detection_pb2.Classification, detection_pb2.CLASSIFICATION_FAST_ONLY) == "FAST_ONLY"
+    assert (
+        events.enum_name(detection_pb2.Classification, detection_pb2.CLASSIFICATION_FAST_ONLY) == "FAST_ONLY"
+    )
     with pytest.raises(ValueError):
         events.enum_value(detection_pb2.Decision, "EXPLODE")
 
 
 def test_feature_names_follow_the_grammar() -> None:
-    stats = ["packets", "bytes", "duration_ms", "min_ps", "mean_ps", "stddev_ps", "max_ps", "min_piat_ms",
-             "mean_piat_ms", "stddev_piat_ms", "max_piat_ms", "syn_packets", "ack_packets", "psh_packets",
-             "rst_packets", "fin_packets", "urg_packets"]
-    expected = {f"{d}_{s}" for d in ("src2dst", "dst2src", "bidirectional") for s in stats} | {"dst_port", "protocol"}
+    stats = [
+        "packets",
+        "bytes",
+        "duration_ms",
+        "min_ps",
+        "mean_ps",
+        "stddev_ps",
+        "max_ps",
+        "min_piat_ms",
+        "mean_piat_ms",
+        "stddev_piat_ms",
+        "max_piat_ms",
+        "syn_packets",
+        "ack_packets",
+        "psh_packets",
+        "rst_packets",
+        "fin_packets",
+        "urg_packets",
+    ]
+    expected = {f"{d}_{s}" for d in ("src2dst", "dst2src", "bidirectional") for s in stats} | {
+        "dst_port",
+        "protocol",
+    }
     assert set(events.FEATURE_NAMES) == expected
     assert len(events.FEATURE_NAMES) == 53
 
 
 def _event() -> detection_pb2.DetectionEvent:
-    ev = detection_pb2.DetectionEvent(event_id=events.uuid7(), fast_score=0.75, ml_score=0.2, final_score=0.75)
+    ev = detection_pb2.DetectionEvent(
+        event_id=events.uuid7(), fast_score=0.75, ml_score=0.2, final_score=0.75
+    )
     ev.divergence = 0.55
     ev.flow.key.src_addr = events.ip_bytes("198.18.0.5")
     ev.flow.key.dst_addr = events.ip_bytes("198.18.0.9")
@@ -76,9 +115,27 @@ def _event() -> detection_pb2.DetectionEvent:
 
 def test_event_json_has_the_contract_fields() -> None:
     doc = events.event_to_dict(_event())
-    for key in ("event_id", "timestamp", "src_ip", "dst_ip", "src_port", "dst_port", "protocol", "community_id",
-                "fast_score", "ml_score", "ml_scores", "final_score", "divergence", "classification", "verdict",
-                "decision", "attack_type", "rules", "features"):
+    for key in (
+        "event_id",
+        "timestamp",
+        "src_ip",
+        "dst_ip",
+        "src_port",
+        "dst_port",
+        "protocol",
+        "community_id",
+        "fast_score",
+        "ml_score",
+        "ml_scores",
+        "final_score",
+        "divergence",
+        "classification",
+        "verdict",
+        "decision",
+        "attack_type",
+        "rules",
+        "features",
+    ):
         assert key in doc, key
     assert doc["src_ip"] == "198.18.0.5" and doc["dst_port"] == 445 and doc["protocol"] == "tcp"
     assert doc["decision"] == "DROP" and doc["classification"] == "DIVERGENCE"

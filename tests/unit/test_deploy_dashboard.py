@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO
 
+from helpers import REPO
 from libs.lab.prometheus import (
     ETCD_METRICS,
     METRIC_PACKAGES,

@@ -7,9 +7,9 @@ import re
 from functools import cache
 
 import pytest
-from helpers import REPO
 from prometheus_client import REGISTRY
 
+from helpers import REPO
 from libs.lab.prometheus import METRIC_PACKAGES, register_service_metrics
 
 pytestmark = pytest.mark.unit

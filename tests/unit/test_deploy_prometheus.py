@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO
 
+from helpers import REPO
 from libs.common.errors import ConfigError
 from libs.lab.prometheus import LAB_TARGETS, render_config, start_prometheus
 

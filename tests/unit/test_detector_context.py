@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from ml_defender.v1 import flow_pb2
 
 from libs.common.events import ip_bytes
+from ml_defender.v1 import flow_pb2
 from services.ml_detector.context import CONTEXT_FEATURES, ContextTracker
 
 IDX = {n: i for i, n in enumerate(CONTEXT_FEATURES)}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ml_defender.v1 import detection_pb2, flow_pb2
 
 from libs.common.events import event_to_dict, uuid7_time_ns
+from ml_defender.v1 import detection_pb2, flow_pb2
 from services.ml_detector.config import DetectorSettings
 from services.ml_detector.detector import Detector
 from services.ml_detector.models import load_model_set

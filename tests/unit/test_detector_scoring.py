@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from ml_defender.v1 import detection_pb2 as D
 
+from ml_defender.v1 import detection_pb2 as D
 from services.ml_detector.config import DetectorSettings, ThresholdSettings
 from services.ml_detector.scoring import score
 

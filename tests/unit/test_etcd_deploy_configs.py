@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import REPO
 
+from helpers import REPO
 from libs.common.settings import validate_settings
 from libs.etcd_client.edit import LOCAL_FIELDS, SERVICE_MODELS, service_model
 

@@ -7,10 +7,10 @@ import time
 from collections.abc import Sequence
 
 import pytest
-from ml_defender.v1 import detection_pb2
 from prometheus_client import REGISTRY
 
 from libs.common.events import ip_bytes
+from ml_defender.v1 import detection_pb2
 from services.firewall.app import Firewall, build_allow_list
 from services.firewall.config import HOT_FIELDS, RESTART_FIELDS, FirewallSettings
 from services.firewall.errors import BackendError

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
-from ml_defender.v1 import detection_pb2
 from prometheus_client import REGISTRY
 
+from helpers import wait_for
+from ml_defender.v1 import detection_pb2
 from services.rag_logger.config import RagLoggerSettings
 from services.rag_logger.core import LoggerCore
 from services.rag_logger.errors import StorageError

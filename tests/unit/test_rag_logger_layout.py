@@ -8,11 +8,11 @@ import random
 from datetime import UTC, datetime
 
 import pytest
-from ml_defender.v1 import detection_pb2
 
 from libs.common.errors import ConfigError
 from libs.common.events import event_to_dict
 from libs.common.settings import validate_settings
+from ml_defender.v1 import detection_pb2
 from services.rag_logger import layout
 from services.rag_logger.config import HOT_FIELDS, KeepPolicy, RagLoggerSettings
 from services.rag_logger.policy import keep_reason

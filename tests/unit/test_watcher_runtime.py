@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import wait_for
-from ml_defender.v1 import config_pb2
 from pydantic import BaseModel, Field
 
+from helpers import wait_for
 from libs.common.settings import ServiceSettings
 from libs.etcd_client.crypto import generate_key
 from libs.etcd_client.testing import FakeEtcd
 from libs.watcher import ConfigRuntime
+from ml_defender.v1 import config_pb2
 
 pytestmark = pytest.mark.unit
 SERVICE = "demo"
