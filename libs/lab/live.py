@@ -250,11 +250,9 @@ def live_overrides(lab: LabSettings) -> dict[str, dict[str, Any]]:
             "capture": {"source": "xdp", "interface": SPAN_RX},
             "xdp": {"mode": "generic", "sweep_interval_ms": 20},
             "flows": {
-                "tcp_close_linger_s": 0.0,
-                # Unanswered probes (filtered ports) leave after 100 ms instead of the idle timeout,
-                # so a scan is scored within a fraction of a second (services/sniffer/README.md).
-                "half_open_timeout_s": 0.1,
-                "export_active_interval_s": 5.0,
+                # A short linger rather than 0: with 0, the ACK that ends a FIN exchange becomes a
+                # one-packet flow of the benign client that the models were not trained on.
+                "tcp_close_linger_s": 0.03,
                 "export_interval_ms": 10,
                 "export_batch_size": 256,
                 # A sweep reads the whole map: the unanswered SYNs of blocked attackers must not

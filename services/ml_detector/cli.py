@@ -42,7 +42,7 @@ def run(config_path: Path | None, etcd: EtcdSettings | None) -> None:
 
     settings = load_settings(DetectorSettings, config_path)
     setup_logging(SERVICE, settings.log_level)
-    detector_metrics()  # registers mld_ml_detector_config_revision first; the runtime then shares it
+    detector_metrics()  # registers the detector's metrics before the runtime starts reporting
     runtime = ConfigRuntime(
         "ml-detector",
         DetectorSettings,

@@ -9,6 +9,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common.events import enum_name
+from libs.watcher.metrics import config_metrics
 from ml_defender.v1 import detection_pb2
 from services.ml_detector.scoring import Scores
 
@@ -97,7 +98,7 @@ def detector_metrics() -> DetectorMetrics:
                         "Loaded models (1 = in use)",
                         ["model", "version", "engine"],
                     ),
-                    revision=Gauge("mld_ml_detector_config_revision", "Configuration revision in force"),
+                    revision=config_metrics("ml-detector").revision,  # one series, shared with libs/watcher
                     context_sources=Gauge(
                         "mld_ml_detector_context_sources", "Sources tracked for context features"
                     ),

@@ -79,7 +79,6 @@ def test_scanner_is_blocked_logged_and_answerable(running_lab: Path) -> None:
         return None
 
     pair = wait_for(scanner_pair, timeout=60, what="artifact pair of a scanner event")
-    ids = {p.stem.removeprefix("event_") for p in (lab_dir / "artifacts").glob("*/event_*.json")}
 
     def answered() -> list[dict[str, object]]:
         q = subprocess.run(
@@ -90,7 +89,10 @@ def test_scanner_is_blocked_logged_and_answerable(running_lab: Path) -> None:
         assert q.returncode == 0, q.stderr
         doc = json.loads(q.stdout)
         results = doc["results"] if isinstance(doc, dict) else doc
-        return [r for r in results if r["event_id"] in ids and r["src_ip"] == SCANNER]
+        # Every answer must cite an event whose artifact pair is on disk (read now: the lab keeps writing).
+        ids = {p.stem.removeprefix("event_") for p in (lab_dir / "artifacts").glob("*/event_*.json")}
+        assert all(r["event_id"] in ids for r in results), "an answer cites an event with no artifact"
+        return [r for r in results if r["src_ip"] == SCANNER]
 
     hits = wait_for(
         answered, timeout=150, interval=1.0, what="mld-rag query answering with the scanner's event"

@@ -45,8 +45,11 @@ def event(n: int) -> detection_pb2.DetectionEvent:
 
 
 def not_kept(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-        text = resp.read().decode()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError as exc:  # the endpoint may open a moment after the etcd status appears
+        raise AssertionError(f"/metrics not answering yet: {exc}") from None
     lines = [ln for ln in text.splitlines() if ln.startswith("mld_rag_logger_events_not_kept_total")]
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
 
