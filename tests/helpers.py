@@ -48,3 +48,35 @@ def shared_pcap(name: str) -> Path:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+_CATALOGUE_SCRIPT = """
+import json
+from prometheus_client import REGISTRY
+from libs.lab.prometheus import METRIC_PACKAGES, register_service_metrics
+for pkg in METRIC_PACKAGES:
+    register_service_metrics(pkg)
+print(json.dumps([
+    {"name": f.name, "type": f.type, "doc": f.documentation,
+     "samples": sorted({s.name for s in f.samples})}
+    for f in REGISTRY.collect()
+]))
+"""
+
+
+def service_metric_families() -> list[dict[str, object]]:
+    """Every metric family the services register, from a fresh process.
+
+    The test process's own registry also holds what other tests created (metrics of throw-away
+    service names), so the catalogue is read where only the services have registered.
+    """
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _CATALOGUE_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    if out.returncode != 0:
+        raise AssertionError(f"registering the services' metrics failed:\n{out.stderr}")
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))

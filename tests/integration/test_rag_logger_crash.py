@@ -146,6 +146,9 @@ def _crash_loop(tmp_path: Path, rng: random.Random, zyg: subprocess.Popen[str]) 
         pid = int(zyg.stdout.readline())  # type: ignore[union-attr]
         try:
             wait_for(lambda out=lines: out[:1] == ["ready"], timeout=30, what=f"child {i} ready")
+            # Kill while it is writing: wait for its first acknowledgement (a loaded machine can
+            # take longer than the random delay to get going), then pick the moment.
+            wait_for(lambda out=lines: len(out) >= 2, timeout=30, what=f"child {i} first ack")
             time.sleep(rng.uniform(0.05, 0.5))  # the random moment of the kill
             assert not done.is_set(), f"child {i} ended before its kill"
         finally:

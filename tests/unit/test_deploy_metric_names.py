@@ -7,10 +7,9 @@ import re
 from functools import cache
 
 import pytest
-from prometheus_client import REGISTRY
 
-from helpers import REPO
-from libs.lab.prometheus import METRIC_PACKAGES, register_service_metrics
+from helpers import REPO, service_metric_families
+from libs.lab.prometheus import METRIC_PACKAGES
 
 pytestmark = pytest.mark.unit
 
@@ -23,14 +22,13 @@ LATENCY_WORDS = ("latency", "duration", "time", "lag", "seconds")
 @cache
 def families() -> dict[str, tuple[str, str, str]]:
     """family name -> (service package, type, help) for every mld_ metric the services register."""
-    for pkg in METRIC_PACKAGES:
-        register_service_metrics(pkg)
     by_len = sorted(METRIC_PACKAGES, key=len, reverse=True)
     out = {}
-    for fam in REGISTRY.collect():
-        if fam.name.startswith("mld_"):
-            pkg = next((p for p in by_len if fam.name.startswith(f"mld_{p}_")), "")
-            out[fam.name] = (pkg, fam.type, fam.documentation)
+    for fam in service_metric_families():
+        name = str(fam["name"])
+        if name.startswith("mld_"):
+            pkg = next((p for p in by_len if name.startswith(f"mld_{p}_")), "")
+            out[name] = (pkg, str(fam["type"]), str(fam["doc"]))
     return out
 
 
