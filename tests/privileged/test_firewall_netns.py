@@ -324,9 +324,15 @@ def test_killing_the_firewall_mid_batch_leaves_the_kernel_consistent(lab: Lab) -
     assert r.returncode == 0, r.stderr[-500:]
     assert len(lab.elements()) == n
     lab.inv("nft", "flush", "set", "inet", TABLE, "ban_v4")
+    # A second, warm run: the first one pays for cold imports, and kill points taken from it would
+    # fall after the end of the later (faster) runs.
+    t0 = time.monotonic()
+    subprocess.run([*argv, *targets], cwd=REPO, capture_output=True, timeout=120, check=True)
+    full = min(full, time.monotonic() - t0)
+    lab.inv("nft", "flush", "set", "inet", TABLE, "ban_v4")
     killed = 0
     # Kill points spread over the run; the commit is near its end, so most land before or inside it.
-    for frac in (0.6, 0.8, 0.9, 0.97):
+    for frac in (0.3, 0.5, 0.6, 0.8, 0.9, 0.97):
         proc = subprocess.Popen(
             [*argv, *targets], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
