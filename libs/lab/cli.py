@@ -20,7 +20,6 @@ from libs.lab.plan import (
     REPO,
     SERVICES,
     LabSettings,
-    deep_merge,
     default_pcaps,
     etcd_documents,
     etcd_program,
@@ -29,6 +28,7 @@ from libs.lab.plan import (
     service_overrides,
     service_programs,
 )
+from libs.watcher.diff import deep_merge
 
 PACKAGES = {
     "sniffer": "sniffer",

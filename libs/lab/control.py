@@ -120,13 +120,13 @@ def shutdown(lab: LabSettings, timeout_s: float = 60) -> list[int]:
         with contextlib.suppress(OSError, xmlrpc.client.Fault):
             rpc(lab).supervisor.shutdown()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.1)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     killed = []
     for cpid in child_pids:
-        if _alive(cpid):
+        if pid_alive(cpid):
             with contextlib.suppress(OSError):
                 os.killpg(cpid, signal.SIGKILL)
             with contextlib.suppress(OSError):
@@ -138,7 +138,8 @@ def shutdown(lab: LabSettings, timeout_s: float = 60) -> list[int]:
     return killed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie has exited and does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from libs.lab.control import pid_alive
 from libs.lab.plan import LabSettings, Program, etcd_args, etcd_program
 
 PREFIX = "mld-"
@@ -196,10 +197,10 @@ def destroy_network(timeout_s: float = 10) -> dict[str, list[Any]]:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
             gone["killed"].append(pid)
@@ -207,14 +208,6 @@ def destroy_network(timeout_s: float = 10) -> dict[str, list[Any]]:
         run(["ip", "netns", "del", ns], check=False)
         gone["namespaces"].append(ns)
     return gone
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # ------------------------------------------------------------------------------------ programs
@@ -394,7 +387,8 @@ def start(lab: LabSettings, timeout_s: float) -> LabSettings:
     from libs.common.settings import validate_settings
     from libs.lab import control
     from libs.lab.cli import settings_model, write_configs
-    from libs.lab.plan import SERVICES, deep_merge, render_supervisord
+    from libs.lab.plan import SERVICES, render_supervisord
+    from libs.watcher.diff import deep_merge
 
     lab = lab.model_copy(update={"mode": "live", "firewall_backend": "nftables", "pcaps": []})
     over = live_overrides(lab)
@@ -465,15 +459,15 @@ def kill_recorded(lab: LabSettings, timeout_s: float = 10) -> list[int]:
         entries = json.loads(_pids_path(lab).read_text())
     except (OSError, ValueError):
         return []
-    alive = [int(p) for p, t in entries if _start_time(int(p)) == t and _alive(int(p))]
+    alive = [int(p) for p, t in entries if _start_time(int(p)) == t and pid_alive(int(p))]
     for pid in alive:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_alive(p) for p in alive):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in alive):
         time.sleep(0.05)
     for pid in alive:
-        if _alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(FileNotFoundError):

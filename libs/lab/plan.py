@@ -113,17 +113,6 @@ def free_ports() -> LabPorts:
     return LabPorts(**values)
 
 
-def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """`over` applied onto `base`, recursing into nested objects."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def service_overrides(lab: LabSettings) -> dict[str, dict[str, Any]]:
     """The settings each service gets in the lab, on top of its own defaults."""
     p = lab.ports

@@ -8,7 +8,6 @@ disk and `mld-rag query` returns that event; then it checks status, idempotent s
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_for
+from libs.lab import control
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -25,17 +25,6 @@ SCANNER = "172.16.0.8"
 
 def lab(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "mld-lab"), *args], capture_output=True, text=True, timeout=timeout)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +118,6 @@ def test_down_leaves_no_process(running_lab: Path) -> None:
     pids.append(int((lab_dir / "supervisord.pid").read_text()))
     down = lab("down", "--lab-dir", str(lab_dir))
     assert down.returncode == 0, down.stderr
-    wait_for(lambda: not any(alive(p) for p in pids), timeout=30, what="every lab process gone")
+    wait_for(lambda: not any(control.pid_alive(p) for p in pids), timeout=30, what="every lab process gone")
     st = lab("status", "--lab-dir", str(lab_dir))
     assert st.returncode == 3 and "not running" in st.stdout

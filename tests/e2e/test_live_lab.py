@@ -65,7 +65,8 @@ def test_live_settings_validate_against_every_service_model(tmp_path: Path) -> N
     """The live overrides still fit each service's settings model (caught here, without root)."""
     from libs.common.settings import validate_settings
     from libs.lab.cli import settings_model
-    from libs.lab.plan import SERVICES, deep_merge
+    from libs.lab.plan import SERVICES
+    from libs.watcher.diff import deep_merge
 
     lab = LabSettings(lab_dir=tmp_path / "lab", artifacts_dir=tmp_path / "artifacts")
     over = live.live_overrides(lab)

@@ -10,13 +10,13 @@ import pytest
 from libs.lab.plan import (
     SERVICES,
     LabSettings,
-    deep_merge,
     etcd_program,
     free_ports,
     render_supervisord,
     service_overrides,
     service_programs,
 )
+from libs.watcher.diff import deep_merge
 
 pytestmark = pytest.mark.unit
 
