@@ -62,7 +62,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy libs services
 
-## run-lab: etcd and the five services under supervisord, fed with a pcap (LAB=replay) — see README
+## run-lab: etcd and the five services under supervisord; as root a live namespace lab (LAB=replay: the pcap path) — see README
 run-lab: setup
 	$(VENV)/bin/mld-lab up $(if $(LAB),--mode $(LAB),)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +99,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--mode", type=click.Choice(["replay", "live"]), default="replay", show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["replay", "live"]),
+    default=None,
+    help="live: namespaces, XDP and real blocking (the default as root); replay: the pcap path "
+    "(the default otherwise, and whenever --pcap is given).",
+)
 @click.option(
     "--pcap",
     "pcaps",
@@ -119,7 +126,7 @@ def main() -> None:
 @click.option("--firewall-backend", type=click.Choice(["dry_run", "nftables", "ipset"]), default="dry_run")
 @click.option("--timeout", "timeout_s", type=float, default=60, show_default=True)
 def up(
-    mode: str,
+    mode: str | None,
     pcaps: tuple[Path, ...],
     pace: str,
     no_loop: bool,
@@ -137,7 +144,11 @@ def up(
         click.echo(f"lab already running (state in {lab.lab_dir}); nothing started")
         _print_status(lab_from_options(lab.lab_dir, "default"))
         return
+    mode = default_mode(mode, pcaps)
     if mode == "live":
+        click.echo(
+            "mode: live (network namespaces, XDP, nftables; LAB=replay or --mode replay for the pcap path)"
+        )
         sys.exit(_up_live(lab, artifacts_dir, ports, timeout_s))
     chosen = [p.resolve() for p in pcaps] or default_pcaps()
     if not chosen:
@@ -189,6 +200,16 @@ def up(
         click.echo(f"  prometheus {prom.url}")
     else:
         click.echo("  prometheus not installed (apt-get install prometheus); metrics are still served above")
+
+
+def default_mode(mode: str | None, pcaps: tuple[Path, ...]) -> str:
+    """The issue's default: live when we are root (it needs namespaces, XDP and nftables), replay
+    otherwise or when captures to replay are named."""
+    if mode:
+        return mode
+    if pcaps:
+        return "replay"
+    return "live" if os.geteuid() == 0 else "replay"
 
 
 def _prometheus(lab: LabSettings) -> Any:

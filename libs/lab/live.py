@@ -221,6 +221,8 @@ def sock_paths(lab: LabSettings) -> dict[str, Path]:
         "firewall": d / "firewall.sock",
         "metrics_sniffer": d / "metrics-sniffer.sock",
         "metrics_firewall": d / "metrics-firewall.sock",
+        "etcd": d / "etcd.sock",
+        "events": d / "config-events.sock",
     }
 
 
@@ -228,8 +230,8 @@ def live_overrides(lab: LabSettings) -> dict[str, dict[str, Any]]:
     """The settings each service gets in live mode, on top of its own defaults.
 
     Export timing is tightened so an attack is blocked within the latency target: closed TCP
-    flows leave the kernel 30 ms after the close (not 2 s), the map is swept every 20 ms and a
-    partial batch waits at most 10 ms."""
+    flows leave the kernel at their close (not 2 s later; tombstones absorb their late packets),
+    unanswered ones 100 ms after their last packet, and a partial batch waits at most 10 ms."""
     p = lab.ports
     s = sock_paths(lab)
     t = "tcp://127.0.0.1:"
@@ -241,11 +243,17 @@ def live_overrides(lab: LabSettings) -> dict[str, dict[str, Any]]:
         "sniffer": {
             "metrics": metrics(p.metrics_sniffer),  # inside mld-switch, bridged to the host
             "capture": {"source": "xdp", "interface": SPAN_RX},
-            "xdp": {"mode": "generic", "sweep_interval_ms": 20},
+            # Closed flows leave on their TERM notice and unanswered ones on their START notice's
+            # half-open check; the whole-map sweep is only for idle/active timeouts.
+            "xdp": {"mode": "generic", "sweep_interval_ms": 1000},
             "flows": {
-                # A short linger rather than 0: with 0, the ACK that ends a FIN exchange becomes a
-                # one-packet flow of the benign client that the models were not trained on.
-                "tcp_close_linger_s": 0.03,
+                "tcp_close_linger_s": 0.0,
+                # The ACK that ends a FIN exchange (or a retransmitted RST) then arrives after its
+                # flow left: the tombstone absorbs it instead of making it a one-packet flow of the
+                # benign client that the models were not trained on.
+                "tombstone_ttl_s": 3.0,
+                # Unanswered probes (filtered ports, SYN floods) leave 100 ms after their last packet.
+                "half_open_timeout_s": 0.1,
                 "export_interval_ms": 10,
                 "export_batch_size": 256,
                 # A sweep reads the whole map: the unanswered SYNs of blocked attackers must not
@@ -293,15 +301,15 @@ def live_programs(lab: LabSettings) -> list[Program]:
     socks = sock_paths(lab)
 
     def svc(name: str, script: str, order: int, ns: str | None = None) -> Program:
+        # Every service follows etcd live; inside a namespace, 127.0.0.1:<etcd> and
+        # 127.0.0.1:<rag-logger> are the bridges of host_bridges() to the host's loopback.
         cmd = [str(lab.venv_bin / script), "run", "--config", str(lab.config_dir / f"{name}.json")]
-        if ns is None:
-            # Services on the host follow etcd live; those inside a namespace cannot reach the
-            # host's loopback etcd and run from their --config file.
-            cmd += etcd_args(lab)
+        cmd += etcd_args(lab)
         return Program(name, in_ns(ns, *cmd) if ns else cmd, environment=env, priority=order)
 
     progs = [
         etcd_program(lab),
+        *host_bridges(lab),
         svc("rag-logger", "mld-rag-logger", 20),
         svc("firewall", "mld-firewall", 21, NS_VICTIM),
         svc("rag", "mld-rag", 22),
@@ -355,6 +363,42 @@ def live_programs(lab: LabSettings) -> list[Program]:
             stopwaitsecs=5,
         ),
     ]
+    return progs
+
+
+def host_bridges(lab: LabSettings) -> list[Program]:
+    """etcd and the rag-logger's ConfigChange socket, reachable from the sniffer's and the
+    firewall's namespaces at the same 127.0.0.1 ports as on the host.
+
+    A namespace has its own loopback; a unix socket is reachable from every namespace, so socat
+    carries the byte streams (etcd's HTTP gateway, ZeroMQ's ZMTP) through one: the services
+    inside the namespaces then take the same `--etcd` and `--config-events` as those outside."""
+    socks = sock_paths(lab)
+    progs = []
+    for name, port in (("etcd", lab.ports.etcd_client), ("events", lab.ports.rag_logger)):
+        sock = socks[name]
+        progs.append(
+            Program(
+                f"bridge-{name}",
+                ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early", f"TCP:127.0.0.1:{port}"],
+                priority=5,
+                stopwaitsecs=5,
+            )
+        )
+        for ns in (NS_SWITCH, NS_VICTIM):
+            progs.append(
+                Program(
+                    f"bridge-{name}-{ns}",
+                    in_ns(
+                        ns,
+                        "socat",
+                        f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                        f"UNIX-CONNECT:{sock}",
+                    ),
+                    priority=6,
+                    stopwaitsecs=5,
+                )
+            )
     return progs
 
 

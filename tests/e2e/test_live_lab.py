@@ -202,6 +202,33 @@ def test_metrics_show_the_counts(require_root: None, lab: LabSettings) -> None:
 
 
 @pytest.mark.e2e
+def test_every_service_follows_etcd_live(require_root: None, lab: LabSettings) -> None:
+    """The sniffer and the firewall run inside namespaces and still follow the lab's etcd (through
+    the unix-socket bridges): all five register, and a hot firewall edit is applied live."""
+    from libs.etcd_client import EtcdClient
+
+    client = EtcdClient(lab.etcd_url)
+
+    def registered() -> set[str]:
+        return {kv.key.rstrip("/").rsplit("/", 1)[-1] for kv in client.get_prefix("nodes/")}
+
+    names = wait_for(
+        lambda: registered() >= {"sniffer", "ml-detector", "rag-logger", "rag", "firewall"} and registered(),
+        timeout=20,
+        what="every service registered under nodes/",
+    )
+    rev = client.set("config/firewall", {"timeout_s": 1800.0})
+
+    def applied() -> bool:
+        st = [client.decode(kv) for kv in client.get_prefix("status/") if kv.key.endswith("/firewall/config")]
+        return bool(st) and all(s.get("result") == "APPLIED" and s.get("revision", 0) >= rev for s in st)
+
+    wait_for(
+        applied, timeout=15, what=f"the namespaced firewall applying revision {rev} (registered: {names})"
+    )
+
+
+@pytest.mark.e2e
 def test_down_after_a_crash_leaves_nothing(require_root: None, lab: LabSettings) -> None:
     """supervisord and the sniffer die with SIGKILL (XDP stays attached), then `mld-lab down`."""
     pids = [int(x) for x, _ in json.loads((lab.lab_dir / "live-pids.json").read_text())]

@@ -230,8 +230,8 @@ def test_a_killed_service_shows_down_is_restarted_and_the_pipeline_reconnects(
     lab_dir = tmp_path / "lab"
     try:
         up = lab_cmd(
-            "up", "--ports", "auto", "--lab-dir", str(lab_dir), "--artifacts-dir", str(tmp_path / "artifacts"),
-            "--pace", "fast", "--timeout", "90",
+            "up", "--mode", "replay", "--ports", "auto", "--lab-dir", str(lab_dir),
+            "--artifacts-dir", str(tmp_path / "artifacts"), "--pace", "fast", "--timeout", "90",
         )  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr
         lab = LabSettings.model_validate_json((lab_dir / "lab.json").read_text())

@@ -57,3 +57,33 @@ def test_supervisord_conf_is_valid_ini_with_every_program(tmp_path: Path) -> Non
     # paths with spaces are quoted so supervisord splits the command correctly
     assert '"' in cp["program:sniffer"]["command"]
     assert cp["unix_http_server"]["file"].endswith("supervisor.sock")
+
+
+def test_default_mode_is_live_as_root_and_replay_for_captures(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libs.lab import cli
+
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    assert cli.default_mode(None, ()) == "live"
+    assert cli.default_mode(None, (Path("x.pcap"),)) == "replay"
+    assert cli.default_mode("replay", ()) == "replay"
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    assert cli.default_mode(None, ()) == "replay"
+    assert cli.default_mode("live", ()) == "live"
+
+
+def test_live_services_in_namespaces_reach_etcd_through_bridges(tmp_path: Path) -> None:
+    """The sniffer and firewall run in namespaces with their own loopback: each of them gets the
+    same --etcd / --config-events as the host's services, and a bridge listens on those ports
+    inside its namespace."""
+    from libs.lab import live
+
+    lab = LabSettings(lab_dir=tmp_path / "lab")
+    progs = {p.name: p for p in live.live_programs(lab)}
+    for svc, ns in (("sniffer", live.NS_SWITCH), ("firewall", live.NS_VICTIM)):
+        cmd = " ".join(progs[svc].command)
+        assert f"--etcd {lab.etcd_url}" in cmd and "--config-events" in cmd
+        for port in (lab.ports.etcd_client, lab.ports.rag_logger):
+            assert any(
+                ns in " ".join(p.command) and f"TCP-LISTEN:{port},bind=127.0.0.1" in " ".join(p.command)
+                for p in progs.values()
+            ), (svc, port)
