@@ -58,14 +58,17 @@ def settings_model(service: str) -> type[BaseModel]:
     return found[0]
 
 
-def build_configs(lab: LabSettings) -> dict[str, dict[str, Any]]:
-    """Each service's defaults plus the lab's overrides, validated before anything starts."""
-    overrides = service_overrides(lab)
+def build_configs(
+    lab: LabSettings, overrides: dict[str, dict[str, Any]] | None = None, what: str = "lab settings"
+) -> dict[str, dict[str, Any]]:
+    """Each service's defaults plus the lab's overrides (replay's by default), validated before
+    anything starts."""
+    overrides = service_overrides(lab) if overrides is None else overrides
     docs = {}
     for svc in SERVICES:
         model = settings_model(svc)
         doc = deep_merge(model().model_dump(mode="json"), overrides[svc])
-        validate_settings(model, doc, f"lab settings for {svc}")
+        validate_settings(model, doc, f"{what} for {svc}")
         docs[svc] = doc
     return docs
 

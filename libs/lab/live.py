@@ -428,20 +428,12 @@ def start(lab: LabSettings, timeout_s: float) -> LabSettings:
 
     Settings are validated before anything is created (two-phase); on any failure the network
     and the processes are removed again so a retry starts clean."""
-    from libs.common.settings import validate_settings
     from libs.lab import control
-    from libs.lab.cli import settings_model, write_configs
+    from libs.lab.cli import build_configs, write_configs
     from libs.lab.plan import SERVICES, render_supervisord
-    from libs.watcher.diff import deep_merge
 
     lab = lab.model_copy(update={"mode": "live", "firewall_backend": "nftables", "pcaps": []})
-    over = live_overrides(lab)
-    docs = {}
-    for svc in SERVICES:
-        model = settings_model(svc)
-        doc = deep_merge(model().model_dump(mode="json"), over[svc])
-        validate_settings(model, doc, f"live lab settings for {svc}")
-        docs[svc] = doc
+    docs = build_configs(lab, live_overrides(lab), "live lab settings")
     for d in (lab.lab_dir, lab.log_dir, lab.artifacts_dir):
         d.mkdir(parents=True, exist_ok=True)
     prepare_dirs(lab)
