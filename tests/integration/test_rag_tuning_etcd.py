@@ -1,5 +1,5 @@
-"""accelerate / decelerate / optimize against a real etcd, applied live through libs.watcher's
-ConfigRuntime (the path the ml-detector and sniffer use for `config/<service>`)."""
+"""accelerate / decelerate / optimize against a real etcd; each step applied live by a running
+`mld-detector run`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures.etcd import EtcdServer
+from fixtures.etcd import EtcdServer, ServiceProcess, read_status
 
-from helpers import REPO, wait_for
+from helpers import REPO, free_port, wait_for
+from libs.common.events import ip_bytes
+from libs.common.zmqio import Puller, Pusher, SocketSettings
 from libs.etcd_client import EtcdClient
-from libs.etcd_client.settings import EtcdSettings
-from libs.watcher import ConfigRuntime
-from services.ml_detector.config import HOT_FIELDS, DetectorSettings
+from ml_defender.v1 import detection_pb2, flow_pb2
+from services.ml_detector.config import DetectorSettings
 
 MLD_RAG = [sys.executable, "-m", "services.rag"]
 
@@ -31,33 +32,82 @@ def rag(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
     )
 
 
+def detector_thresholds(sniffer: Pusher, outputs: list[Puller], seq: int) -> tuple[float, float, float, int]:
+    """Send one flow to the running detector; the thresholds (drop, alert, divergence) and config
+    revision its event was decided with."""
+    rec = flow_pb2.FlowRecord(
+        flow_id=seq,
+        key=flow_pb2.FlowKey(
+            src_addr=ip_bytes("198.18.0.10"), dst_addr=ip_bytes("198.18.1.20"), src_port=40000 + seq,
+            dst_port=80, protocol=6,
+        ),
+        first_seen_ns=1_000_000_000 * seq,
+        last_seen_ns=1_000_000_000 * seq + 1000,
+    )  # fmt: skip
+    batch = flow_pb2.FlowBatch(flows=[rec], fast=[flow_pb2.FastResult(score=0.0)], node_id="t", sequence=seq)
+    wait_for(lambda: sniffer.send(batch), 60, what="detector connected to the sniffer endpoint")
+
+    def event() -> detection_pb2.DetectionEvent | None:
+        for out in outputs:
+            ev = out.recv(50)
+            if isinstance(ev, detection_pb2.DetectionEvent) and ev.flow.flow_id == seq:
+                return ev
+        return None
+
+    ev = wait_for(event, 20, what=f"the detector's event for flow {seq}")
+    t = ev.thresholds
+    return round(t.drop, 6), round(t.alert, 6), round(t.divergence, 6), ev.config_revision
+
+
 @pytest.mark.integration
 def test_accelerate_then_decelerate_applied_live_and_audited(etcd_server: EtcdServer, tmp_path: Path) -> None:
+    """Each step is applied by a running `mld-detector run` (the next flow is decided with it),
+    and decelerate returns the thresholds to where they were."""
+    if not (REPO / "models" / "ddos" / "model.txt").exists():
+        pytest.skip("trained models not present (make train)")
     client = EtcdClient(etcd_server.url)
-    rt = ConfigRuntime(
-        "ml-detector",
-        DetectorSettings,
-        hot_fields=HOT_FIELDS,
-        node="node-t",
-        etcd=EtcdSettings(endpoint=etcd_server.url, events_endpoint=None, cache_dir=tmp_path),
-    )
-    rt.start()
+    ports = {n: f"tcp://127.0.0.1:{free_port()}" for n in ("input", "firewall", "rag_logger")}
+    cfg = {
+        "node_id": "node-t",
+        "input": {"endpoint": ports["input"]},
+        "firewall": {"endpoint": ports["firewall"]},
+        "rag_logger": {"endpoint": ports["rag_logger"]},
+        "metrics": {"port": 0},
+        "batch": {"max_wait_ms": 1},
+    }
+    types = {"ml_defender.v1.DetectionEvent": detection_pb2.DetectionEvent}
+    sniffer = Pusher("test", SocketSettings(endpoint=ports["input"], bind=True))
+    outputs = [
+        Puller("test", SocketSettings(endpoint=ports[n], bind=True), types)
+        for n in ("firewall", "rag_logger")
+    ]
     try:
-        start = rt.current.thresholds
-        r = rag("accelerate", "--yes", "--etcd", etcd_server.url, "--reason", "test")
-        assert r.returncode == 0, r.stderr
-        assert "thresholds.drop: 0.7 -> 0.65" in r.stdout
-        wait_for(lambda: rt.current.thresholds.drop == 0.65, timeout=5, what="accelerate applied live")
-        assert rt.current.thresholds.divergence == 0.25 and rt.current.thresholds.alert == 0.45
-        r = rag("decelerate", "--yes", "--json", "--etcd", etcd_server.url)
-        assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["written"][0]["service"] == "ml-detector"
-        wait_for(lambda: rt.current.thresholds == start, timeout=5, what="decelerate restored the thresholds")
-        audits = [client.decode(kv) for kv in client.get_prefix("audit/")]
-        assert [a["command"] for a in audits] == ["rag accelerate", "rag decelerate"]
-        assert audits[0]["reason"] == "test" and audits[0]["changes"]
+        with ServiceProcess("ml-detector", cfg, tmp_path, etcd_server) as det:
+            wait_for(lambda: det.alive() and read_status(etcd_server, "node-t", "ml-detector"), 60,
+                     what="detector up and reporting to etcd")  # fmt: skip
+            start = detector_thresholds(sniffer, outputs, 1)
+            assert start[:3] == (0.7, 0.5, 0.3), start
+            r = rag("accelerate", "--yes", "--etcd", etcd_server.url, "--reason", "test")
+            assert r.returncode == 0, r.stderr
+            assert "thresholds.drop: 0.7 -> 0.65" in r.stdout
+            rev = client.get_kv("config/ml-detector").mod_revision  # type: ignore[union-attr]
+            wait_for(lambda: read_status(etcd_server, "node-t", "ml-detector").get("revision") == rev, 10,
+                     what="accelerate applied by the running detector")  # fmt: skip
+            assert detector_thresholds(sniffer, outputs, 2) == (0.65, 0.45, 0.25, rev)
+            r = rag("decelerate", "--yes", "--json", "--etcd", etcd_server.url)
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["written"][0]["service"] == "ml-detector"
+            rev = client.get_kv("config/ml-detector").mod_revision  # type: ignore[union-attr]
+            wait_for(lambda: read_status(etcd_server, "node-t", "ml-detector").get("revision") == rev, 10,
+                     what="decelerate applied by the running detector")  # fmt: skip
+            assert detector_thresholds(sniffer, outputs, 3) == (*start[:3], rev)
+            det.alive()
     finally:
-        rt.stop()
+        for sock in (sniffer, *outputs):
+            sock.close()
+    audits = [client.decode(kv) for kv in client.get_prefix("audit/")]
+    assert [a["command"] for a in audits] == ["rag accelerate", "rag decelerate"]
+    assert audits[0]["reason"] == "test" and audits[0]["changes"]
 
 
 @pytest.mark.integration
