@@ -165,6 +165,10 @@ def main() -> int:
                 "stages_p50_ms": stage_p50,
             }
         benign = live.read_benign(lab)
+        bans = live.run(
+            live.in_ns(live.NS_VICTIM, "nft", "list", "set", "inet", live.TABLE, "ban_v4"), check=False
+        )
+        benign_blocked = live.BENIGN.v4 in bans.stdout
         base_p50 = pct(base, 50)
         print(
             f"baseline (DROP event pushed into the firewall -> element): p50 {base_p50:.1f} ms over {len(base)}"
@@ -187,6 +191,7 @@ def main() -> int:
             "target_p95_ms": TARGET_P95_MS,
             "all_p95_within_target": bool(all_p95) and max(all_p95) <= TARGET_P95_MS,
             "benign_http_fail": benign.get("http_fail"),
+            "benign_blocked": benign_blocked,
             "benign_requests_ok": sum(v for k, v in benign.items() if k.endswith("_ok")),
             "load_avg_1m": round(os.getloadavg()[0], 2),
         }

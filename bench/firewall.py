@@ -7,10 +7,15 @@ Measures, in the same run:
     baselines: one `nft` process per address and one libnftables transaction per address;
   - block requests/s through the planner with deduplication (a stream of repeats plus new
     sources, including their commits), target >= 50k/s; baseline: every request sent to the kernel;
-  - latency from a request to its kernel commit with the service's batch interval (5 ms).
+  - latency from a request to its kernel commit with the service's batch interval (5 ms);
+  - the running service (`mld-firewall run`, real ZeroMQ and nftables): a new source's DROP first
+    or last in a burst of 1,000 events (999 repeats of banned sources) -> element present, vs the
+    same event alone; 500 new sources at once, batched vs one transaction per event. With
+    `--baseline-tree DIR` (e.g. `git archive HEAD | tar -x -C DIR`) the burst rounds also run,
+    interleaved, against that tree's firewall: before/after in one run.
 Last line: one JSON object (units in key names).
 
-    .venv/bin/python bench/firewall.py [--quick]
+    .venv/bin/python bench/firewall.py [--quick] [--baseline-tree DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,7 +48,7 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
-def inner(quick: bool) -> dict[str, float]:
+def inner(quick: bool, baseline_tree: Path | None = None) -> dict[str, float]:
     from services.firewall.app import Firewall
     from services.firewall.backends.nftables import LibNft, NftablesBackend
     from services.firewall.config import FirewallSettings
@@ -190,16 +196,225 @@ def inner(quick: bool) -> dict[str, float]:
         f"p95 {pct(lat, 95):.2f} ms, p99 {pct(lat, 99):.2f} ms"
     )
     lib.close()
+    out.update(service_burst(quick, baseline_tree))
+    return out
+
+
+def _scrape(port: int, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name))
+
+
+def service_burst(quick: bool, baseline_tree: Path | None = None) -> dict[str, float]:
+    """4. The running service (`mld-firewall run`): bursts of DROP events -> elements in the kernel.
+
+    A new attacker's DROP arrives first or last in a burst of 1,000 events whose other 999 are
+    repeats for 50 already-banned sources (a flood goes on while a second source starts); baseline:
+    the same event alone. With `baseline_tree` (an older checkout) the same rounds run, interleaved,
+    against that tree's firewall too. Then 500 new sources at once, committed in batches vs one
+    transaction per event (batch_size 1). Time runs from the first send to the element being
+    readable in the kernel (libnftables `get element`, polled every 0.3 ms).
+    """
+    import tempfile
+
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # the metrics endpoint
+    tmp = Path(tempfile.mkdtemp(prefix="mldfw-bench"))
+    try:
+        return _service_burst(quick, tmp, baseline_tree)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Service:
+    """One `mld-firewall run` process on its own table and ipc socket, and a pusher to it."""
+
+    def __init__(self, tmp: Path, name: str, tree: Path, **kw: object) -> None:
+        import socket
+
+        from libs.common.zmqio import Pusher, SocketSettings
+        from services.firewall.backends.nftables import LibNft
+
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            self.port = int(sk.getsockname()[1])
+        self.table = f"mld_b_{name}"
+        endpoint = f"ipc://{tmp}/{name}.sock"
+        doc: dict[str, object] = {
+            "backend": "nftables",
+            "table": self.table,
+            "input": {"endpoint": endpoint, "bind": True},
+            "metrics": {"host": "127.0.0.1", "port": self.port},
+            "reconcile_interval_s": 0,
+            "allow": {"peers": [], "own_addresses": False},
+            **kw,
+        }
+        cfg = tmp / f"{name}.json"
+        cfg.write_text(json.dumps(doc))
+        self.log = tmp / f"{name}.log"
+        self.lib = LibNft()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.firewall", "run", "--config", str(cfg)],
+            cwd=tree,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
+        deadline = time.monotonic() + 30
+        while "firewall running" not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"firewall did not start: {self.log.read_text()[-800:]}")
+            time.sleep(0.02)
+        self.push = Pusher("bench", SocketSettings(endpoint=endpoint, linger_ms=2000))
+
+    def present(self, addr: str) -> bool:
+        from services.firewall.errors import BackendError
+
+        try:
+            self.lib.run(f"get element inet {self.table} ban_v4 {{ {addr} }}\n")
+        except BackendError:
+            return False
+        return True
+
+    def wait_present(self, addr: str, t0: float, limit_s: float = 10.0) -> float:
+        """Milliseconds from t0 until `addr` is in the kernel set."""
+        while not self.present(addr):
+            if time.perf_counter() - t0 > limit_s:
+                raise RuntimeError(f"{addr} not in the kernel after {limit_s} s")
+            time.sleep(0.0003)
+        return (time.perf_counter() - t0) * 1000
+
+    def transactions(self) -> float:
+        return _scrape(self.port, 'mld_firewall_batches_total{result="committed"}')
+
+    def stop(self) -> None:
+        self.push.close()
+        self.proc.terminate()
+        rc = self.proc.wait(30)
+        self.lib.run(f"delete table inet {self.table}\n")
+        self.lib.close()
+        if rc != 0:
+            raise RuntimeError(f"firewall exited with {rc}: {self.log.read_text()[-800:]}")
+
+
+def _service_burst(quick: bool, tmp: Path, baseline_tree: Path | None) -> dict[str, float]:
+    from libs.common.events import ip_bytes
+    from ml_defender.v1 import detection_pb2
+
+    template = detection_pb2.DetectionEvent(decision=detection_pb2.DECISION_DROP, attack_type="ddos")
+    feats = template.flow.features  # a detector's event carries the whole flow record (~800 bytes)
+    for fd in feats.DESCRIPTOR.fields:
+        setattr(feats, fd.name, 1234.5 if fd.type in (fd.TYPE_DOUBLE, fd.TYPE_FLOAT) else 12345)
+    for k in ("ddos", "ransomware", "traffic", "internal"):
+        template.ml_scores[k] = 0.97
+        template.model_versions[k] = "2026-11-25T10:00:00-0123456789ab"
+    template.flow.key.dst_addr = ip_bytes("198.18.0.2")
+    template.flow.community_id = "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
+
+    def event(src: str) -> detection_pb2.DetectionEvent:
+        ev = detection_pb2.DetectionEvent()
+        ev.CopyFrom(template)
+        ev.event_id = "0192f6c8-1c2e-7abc-8def-0123456789ab"
+        ev.flow.key.src_addr = ip_bytes(src)
+        ev.timestamps.captured_ns = time.time_ns()
+        return ev
+
+    type_name = detection_pb2.DetectionEvent.DESCRIPTOR.full_name.encode()
+
+    def send_all(svc: _Service, evs: list[detection_pb2.DetectionEvent]) -> float:
+        """Serialize first, then send back to back: the burst leaves in a few ms (returns t0)."""
+        frames = [[type_name, ev.SerializeToString()] for ev in evs]
+        t0 = time.perf_counter()
+        for f in frames:
+            svc.push.sock.send_multipart(f, copy=False)
+        return t0
+
+    out: dict[str, float] = {}
+    rounds = 15 if quick else 60
+    burst = 1000
+    trees = {"now": REPO} | ({"baseline": baseline_tree} if baseline_tree else {})
+    services: dict[str, _Service] = {}
+    try:
+        for label, tree in trees.items():
+            services[label] = _Service(tmp, label, tree)
+        repeats = addresses(50, "198.18.200.0")
+        for svc in services.values():
+            t0 = time.perf_counter()
+            for a in repeats:
+                svc.push.send(event(a))
+            svc.wait_present(repeats[-1], t0)
+        fresh = iter(addresses(3 * rounds * len(trees) + 10, "198.19.200.0"))
+        lat: dict[tuple[str, str], list[float]] = {}
+        for i in range(3 * rounds):
+            kind = ("alone", "first", "last")[i % 3]
+            for label, svc in services.items():  # interleaved: load changes hit every variant alike
+                new = next(fresh)
+                flood = [event(repeats[j % 50]) for j in range(burst - 1)]
+                evs = {"alone": [], "first": flood, "last": flood}[kind]
+                evs = [event(new), *evs] if kind != "last" else [*evs, event(new)]
+                time.sleep(0.02)  # the service idle again: each round starts from the same state
+                t0 = send_all(svc, evs)
+                lat.setdefault((label, kind), []).append(svc.wait_present(new, t0))
+        txs = services["now"].transactions()
+    finally:
+        for svc in services.values():
+            svc.stop()
+    for (label, kind), values in lat.items():
+        prefix = "" if label == "now" else "baseline_"
+        out[f"{prefix}burst_new_{kind}_p50_ms"] = pct(values, 50)
+        out[f"{prefix}burst_new_{kind}_p95_ms"] = pct(values, 95)
+        print(
+            f"service{'' if label == 'now' else ' (' + str(baseline_tree) + ')'}: new DROP "
+            + ("alone" if kind == "alone" else f"{kind} in a burst with {burst - 1} repeats")
+            + f" -> element present: p50 {pct(values, 50):.1f} ms, p95 {pct(values, 95):.1f} ms"
+        )
+    out["burst_last_vs_alone_p95_ratio"] = out["burst_new_last_p95_ms"] / out["burst_new_alone_p95_ms"]
+    if baseline_tree:
+        for kind in ("first", "last"):
+            out[f"burst_new_{kind}_baseline_vs_now_p95_ratio"] = (
+                out[f"baseline_burst_new_{kind}_p95_ms"] / out[f"burst_new_{kind}_p95_ms"]
+            )
+    print(f"({rounds} rounds of each kind, {txs:.0f} transactions)")
+
+    n_new = 500
+    for label, kw in (("batched", {}), ("per_event", {"batch_size": 1})):
+        svc = _Service(tmp, label, REPO, **kw)
+        try:
+            srcs = addresses(n_new, "198.18.100.0")
+            b0 = svc.transactions()
+            t0 = send_all(svc, [event(a) for a in srcs])
+            first = svc.wait_present(srcs[0], t0)
+            last = svc.wait_present(srcs[-1], t0, 30.0)
+            n_tx = svc.transactions() - b0
+        finally:
+            svc.stop()
+        out[f"new_{n_new}_{label}_all_present_ms"] = last
+        out[f"new_{n_new}_{label}_first_present_ms"] = first
+        out[f"new_{n_new}_{label}_transactions"] = n_tx
+        print(
+            f"service: {n_new} new sources at once, {label.replace('_', ' ')}: first present {first:.1f} ms, "
+            f"all present {last:.1f} ms, {n_tx:.0f} transactions"
+        )
+    out["new_500_per_event_vs_batched_ratio"] = (
+        out[f"new_{n_new}_per_event_all_present_ms"] / out[f"new_{n_new}_batched_all_present_ms"]
+    )
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller samples; ends within a minute")
+    ap.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="also run the service bursts with the firewall of this tree",
+    )
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inner:
-        result = inner(args.quick)
+        result = inner(args.quick, args.baseline_tree)
         print(json.dumps({k: round(v, 4) for k, v in result.items()}))
         return 0
     if os.geteuid() != 0:
@@ -213,6 +428,8 @@ def main() -> int:
         cmd = ["ip", "netns", "exec", ns, sys.executable, __file__, "--inner"] + (
             ["--quick"] if args.quick else []
         )
+        if args.baseline_tree:
+            cmd += ["--baseline-tree", str(args.baseline_tree.resolve())]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
         lines = proc.stdout.strip().splitlines()
         for line in lines[:-1]:

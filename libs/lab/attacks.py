@@ -72,8 +72,20 @@ def smb_sweep(lab: LabSettings, src: str) -> list[Attack]:
 
 
 def ssh_bruteforce(lab: LabSettings, src: str) -> list[Attack]:
-    argv = [_py(lab), "-m", "libs.lab.attacks", "ssh-guess", "--src", src, "--attempts", "40"]
+    # Four sessions at once and no pause between guesses: hydra's recommended setting for SSH
+    # (`-t 4`; its default is 16 tasks), the common shape of a brute force.
+    argv = [_py(lab), "-m", "libs.lab.attacks", "ssh-guess", "--src", src, "--attempts", "40",
+            "--tasks", "4", "--gap-s", "0"]  # fmt: skip
     return [Attack("ssh-bruteforce", argv, 60)]
+
+
+def ssh_bruteforce_paced(lab: LabSettings, src: str) -> list[Attack]:
+    # A cautious guesser: two sessions, 0.3 s between guesses. Its first two guesses look like a
+    # user's logins; the third is the first that tells it apart, so it cannot be blocked before
+    # ~0.3 s after its first packet, whatever the pipeline's speed.
+    argv = [_py(lab), "-m", "libs.lab.attacks", "ssh-guess", "--src", src, "--attempts", "40",
+            "--tasks", "2", "--gap-s", "0.3"]  # fmt: skip
+    return [Attack("ssh-bruteforce-paced", argv, 60)]
 
 
 def slow_scan(lab: LabSettings, src: str) -> list[Attack]:
@@ -91,6 +103,7 @@ SCENARIOS: dict[str, tuple[Builder, ...]] = {
     "synflood": (synflood,),
     "smb-sweep": (smb_sweep,),
     "ssh-bruteforce": (ssh_bruteforce,),
+    "ssh-bruteforce-paced": (ssh_bruteforce_paced,),
     "slow-scan": (slow_scan,),
     "mixed": (portscan, synflood, smb_sweep),  # three attackers at once, benign traffic on
 }
@@ -390,7 +403,7 @@ def attack(scenario: str, lab_dir: Path | None, block_timeout_s: float, as_json:
 # ------------------------------------------------------------------------------------ ssh-guess
 
 
-def ssh_guess(src: str, attempts: int, tasks: int = 2, gap_s: float = 0.3, max_s: float = 50) -> int:
+def ssh_guess(src: str, attempts: int, tasks: int = 4, gap_s: float = 0.0, max_s: float = 50) -> int:
     """Password guessing against the victim's SSH-like server: one TCP session per guess
     (banner, key exchange, three password tries, close), `tasks` in parallel; bounded. Gives up
     after 3 failures in a row (blocked), as a real guesser whose packets go unanswered would."""
@@ -443,8 +456,12 @@ def _main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("ssh-guess")
     g.add_argument("--src", required=True)
     g.add_argument("--attempts", type=int, default=40)
+    g.add_argument("--tasks", type=int, default=4, help="sessions in parallel (hydra -t)")
+    g.add_argument("--gap-s", type=float, default=0.0, help="pause after each guess, per task")
     a = ap.parse_args(argv)
-    return ssh_guess(a.src, a.attempts)
+    if not (1 <= a.tasks <= 16 and 0 <= a.gap_s <= 5 and 1 <= a.attempts <= 500):
+        ap.error("bounds: --tasks 1-16, --gap-s 0-5, --attempts 1-500 (the lab's attacks stay bounded)")
+    return ssh_guess(a.src, a.attempts, a.tasks, a.gap_s)
 
 
 if __name__ == "__main__":

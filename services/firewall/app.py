@@ -21,10 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from libs.common.cli import package_version
 from libs.common.errors import ConfigError, MLDefenderError
-from libs.common.events import enum_name, ip_text
+from libs.common.events import enum_name
 from libs.common.lifecycle import StopFlag
 from libs.common.log import setup_logging
 from libs.common.metrics import build_info, start_metrics_server
@@ -43,6 +44,7 @@ from services.firewall.targets import AllowList, Net, net_text, parse_allow_entr
 log = logging.getLogger("services.firewall")
 LOG_PER_REASON = 10  # rejection log lines per reason per window; the metric counts all of them
 LOG_WINDOW_S = 10.0
+TURN_MAX_EVENTS = 1000  # events per loop turn (~30 ms): a flood cannot starve stop, reloads or expiry
 
 
 def own_addresses() -> list[Net]:
@@ -113,6 +115,7 @@ class Firewall:
         self._log_window = (0.0, dict[str, int]())
         # label children resolved once: a request must cost microseconds
         self._outcomes = {o: m.REQUESTS.labels(o) for o in ("queued", "refreshed", "deduplicated", "covered")}
+        self._decisions: dict[int, tuple[str, Any]] = {}  # enum number -> (name, counter child)
         self._last_tick = 0.0
         self._last_reconcile = clock()
 
@@ -167,11 +170,21 @@ class Firewall:
 
     # ----- requests -----
     def handle_event(self, ev: detection_pb2.DetectionEvent) -> str | None:
-        try:
-            decision = enum_name(detection_pb2.Decision, ev.decision)
-        except ValueError:  # proto3 enums are open: a newer or corrupt sender may use any number
-            decision = "UNKNOWN"
-        m.DECISIONS.labels(decision).inc()
+        """One event: count its decision, and plan a ban of its source when the decision blocks.
+
+        A flood of repeats for banned sources must not delay a new attacker's ban behind it, so the
+        common path is a few dict lookups (decision and address caches, no text built).
+        """
+        code = ev.decision
+        entry = self._decisions.get(code)
+        if entry is None:
+            try:
+                name = enum_name(detection_pb2.Decision, code)
+            except ValueError:  # proto3 enums are open: a newer or corrupt sender may use any number
+                name = "UNKNOWN"
+            entry = self._decisions.setdefault(code, (name, m.DECISIONS.labels(name)))
+        decision, counter = entry
+        counter.inc()
         if decision not in self.settings.decisions:
             return None
         src = ev.flow.key.src_addr
@@ -181,9 +194,9 @@ class Firewall:
                 "invalid", f"event {ev.event_id}: src_addr has {len(src)} bytes (need 4 or 16)"
             )
             return "invalid"
-        return self.request(ip_text(src), ev.timestamps.captured_ns)
+        return self.request(src, ev.timestamps.captured_ns)
 
-    def request(self, target: str | Net, captured_ns: int = 0) -> str:
+    def request(self, target: str | bytes | Net, captured_ns: int = 0) -> str:
         """Plan one ban; returns the outcome or the rejection reason (both counted)."""
         try:
             outcome = self.planner.block(target, captured_ns)
@@ -256,7 +269,8 @@ class Firewall:
             m.BATCHES.labels("failed").inc()
             log.error("transaction of %d ops refused: %s; retrying", len(ops), exc.message)
             try:
-                self.backend.setup()  # the table may have been deleted under us
+                self.backend.setup()  # the table may have been deleted under us ...
+                self.reconcile()  # ... and its bans with it: a repeat must ban again, not dedup
                 self._apply(ops)
             except BackendError:
                 self._apply_one_by_one(ops)
@@ -329,22 +343,34 @@ def reload_from_file(fw: Firewall, path: Path | None) -> bool:
 
 
 class SettingsMailbox:
-    """Hands hot settings from the watcher's thread to the loop: the planner is single-threaded."""
+    """Hands hot settings from the watcher's thread to the loop: the planner is single-threaded.
+
+    Once the loop runs (`attach`), a step applies at once under `lock`, which the loop holds while
+    it works (not while it waits for events): "APPLIED" in the status key is then true, not up to
+    one idle wait (100 ms) early. Before that the settings wait here for the loop's first turn.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._item: tuple[FirewallSettings, AllowList] | None = None
+        self._fw: Firewall | None = None
+
+    def attach(self, fw: Firewall) -> None:
+        """From now on steps apply at once; settings that arrived before are applied first."""
+        with self.lock:
+            if self._item is not None:
+                fw.apply_settings(*self._item)
+                self._item = None
+            self._fw = fw
 
     def step(self, _old: FirewallSettings, new: FirewallSettings) -> None:
-        """A ConfigRuntime apply step: resolve the allow-list now (may raise -> rolled back), apply in the loop."""
+        """A ConfigRuntime apply step: resolve the allow-list (may raise -> rolled back), then apply."""
         allow = build_allow_list(new)
-        with self._lock:
-            self._item = (new, allow)
-
-    def take(self) -> tuple[FirewallSettings, AllowList] | None:
-        with self._lock:
-            item, self._item = self._item, None
-        return item
+        with self.lock:
+            if self._fw is not None:
+                self._fw.apply_settings(new, allow)
+            else:
+                self._item = (new, allow)
 
 
 def run(
@@ -391,26 +417,30 @@ def run(
         "firewall running",
         extra={"backend": backend.name, "input": settings.input.endpoint, "table": settings.table},
     )
+    mailbox.attach(fw)
     try:
         while not stop.is_set():
             deadline = fw.planner.next_deadline()
             wait_ms = 100 if deadline is None else max(0, math.ceil((deadline - fw.clock()) * 1000))
             msg = puller.recv(min(wait_ms, 100))
-            while msg is not None:
-                fw.handle_event(msg)
-                if fw.planner.due():
+            with mailbox.lock:  # etcd edits apply between two turns, never inside one
+                handled = 0
+                while msg is not None:  # drain what is queued without blocking ...
+                    fw.handle_event(msg)
+                    handled += 1
+                    if fw.planner.due() or handled >= TURN_MAX_EVENTS:
+                        break  # ... but commit a due batch mid-burst, and let a flood yield
+                    msg = puller.recv(0)
+                fw.poll()
+                if reload_requested.is_set():
+                    reload_requested.clear()
+                    reload_from_file(fw, config_path)
+        with mailbox.lock:
+            for _ in range(settings.input.hwm):  # what was queued when the stop came; a flood goes on
+                if (msg := puller.recv(0)) is None:
                     break
-                msg = puller.recv(0)
-            fw.poll()
-            if reload_requested.is_set():
-                reload_requested.clear()
-                reload_from_file(fw, config_path)
-            item = mailbox.take()
-            if item is not None:
-                fw.apply_settings(*item)
-        while (msg := puller.recv(0)) is not None:  # what was already queued when the stop came
-            fw.handle_event(msg)
-        n = fw.drain()
+                fw.handle_event(msg)
+            n = fw.drain()
         log.info("firewall stopped", extra={"reason": stop.reason, "drained_ops": n})
     finally:
         runtime.stop()

@@ -57,16 +57,32 @@ def run(config_path: Path | None, etcd: EtcdSettings | None) -> None:
 
 @main.command("list")
 @config_option("firewall")
+@click.argument("targets", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
 @handle_errors(PROG)
-def list_cmd(config_path: Path | None, as_json: bool) -> None:
-    """What the kernel holds now, with remaining times."""
+def list_cmd(config_path: Path | None, targets: tuple[str, ...], as_json: bool) -> None:
+    """What the kernel holds now, with remaining times; with TARGETs only the bans covering them.
+
+    `mld-firewall list 198.51.100.7` answers "is it blocked, by what, for how long" (exit 1 if not).
+    """
     settings = _load(config_path)
+    wanted = []
+    for t in targets:
+        try:
+            wanted.append(parse_target(t))
+        except TargetError as exc:
+            raise UsageError(exc.what, "list", exc.fix) from None
     backend = open_backend(settings)
     try:
         elements = sorted(backend.read(), key=lambda e: (e.net.version, e.net))
     finally:
         backend.close()
+    if wanted:
+        elements = [
+            e
+            for e in elements
+            if any(w.version == e.net.version and w.subnet_of(e.net) for w in wanted)  # type: ignore[arg-type]
+        ]
     doc = {"backend": backend.name, "table": settings.table, "bans": [e.to_dict() for e in elements]}
     _emit(
         doc,
@@ -77,6 +93,8 @@ def list_cmd(config_path: Path | None, as_json: bool) -> None:
         ]
         + [f"{len(elements)} bans ({backend.name}, table {settings.table})"],
     )
+    if wanted and not elements:
+        raise SystemExit(1)
 
 
 def _operator_firewall(settings: FirewallSettings) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -66,6 +67,18 @@ class Policy:
         return self.max_elements_v4 if fam == "v4" else self.max_elements_v6
 
 
+def _address_text(raw: bytes) -> str:
+    """4 or 16 network-order bytes as text; any other length is refused as invalid."""
+    if len(raw) not in (4, 16):
+        raise TargetError(
+            "invalid",
+            f"an address of {len(raw)} bytes (need 4 or 16)",
+            "block request",
+            "send an IPv4 or IPv6 source address",
+        )
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
 @dataclass(slots=True)
 class Ban:
     net: Net
@@ -98,7 +111,7 @@ class Planner:
         self._pending_new: dict[str, int] = {"v4": 0, "v6": 0}  # queued adds of nets not banned yet
         self._expiry: list[tuple[float, int, Net]] = []
         self._seq = 0
-        self._cache: dict[str, Net] = {}
+        self._cache: dict[str | bytes, Net] = {}  # request text or raw address bytes -> allowed net
 
     # ----- configuration -----
     def set_policy(self, policy: Policy) -> None:
@@ -121,9 +134,13 @@ class Planner:
         return removed
 
     # ----- requests -----
-    def resolve(self, target: str | Net) -> Net:
-        """Validate and allow-list check one target; raises TargetError with the reason."""
-        if not isinstance(target, str):
+    def resolve(self, target: str | bytes | Net) -> Net:
+        """Validate and allow-list check one target; raises TargetError with the reason.
+
+        `bytes` is an address as an event carries it (4 or 16 bytes, network order): a repeat is
+        one dict lookup, without building its text, so a flood of repeats stays cheap.
+        """
+        if not isinstance(target, str | bytes):
             net = target
             self._check_prefix(net)
             self.allow.check(net)
@@ -131,7 +148,8 @@ class Planner:
         cached = self._cache.get(target)
         if cached is not None:
             return cached
-        net = parse_target(target, self.policy.min_prefix_v4, self.policy.min_prefix_v6)
+        text = target if isinstance(target, str) else _address_text(target)
+        net = parse_target(text, self.policy.min_prefix_v4, self.policy.min_prefix_v6)
         self.allow.check(net)
         if len(self._cache) >= CACHE_MAX:
             self._cache.clear()
@@ -141,7 +159,7 @@ class Planner:
     def _check_prefix(self, net: Net) -> None:
         parse_target(str(net), self.policy.min_prefix_v4, self.policy.min_prefix_v6)
 
-    def block(self, target: str | Net, captured_ns: int = 0, now: float | None = None) -> Outcome:
+    def block(self, target: str | bytes | Net, captured_ns: int = 0, now: float | None = None) -> Outcome:
         """Plan a ban; a repeat re-arms the timeout, a first offence after an expiry escalates it."""
         net = self.resolve(target)
         now = self.clock() if now is None else now

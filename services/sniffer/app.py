@@ -12,11 +12,10 @@ import logging
 import threading
 import time
 
-import zmq
-
 from libs.common.cli import package_version
 from libs.common.lifecycle import StopFlag
 from libs.common.metrics import build_info, start_metrics_server
+from libs.common.workq import WorkSender, open_sender
 from libs.common.zmqio import Pusher
 from ml_defender.v1 import flow_pb2
 from services.sniffer.config import SnifferSettings, is_hot
@@ -80,7 +79,7 @@ class SnifferApp:
         self._source = source
         start_metrics_server(s.metrics.host, s.metrics.port)
         build_info("sniffer", package_version(), s.node_id)
-        pusher = Pusher("sniffer", output)
+        pusher = open_sender("sniffer", output)  # output.reliable: acknowledged, redelivered
         log.info(
             "sniffer running",
             extra={"source": source.name, "endpoint": output.endpoint, "node_id": s.node_id},
@@ -108,7 +107,7 @@ class SnifferApp:
         return 0
 
     def _send_ready(
-        self, pusher: Pusher, pending: list[flow_pb2.FlowRecord], last_send: float, force: bool
+        self, pusher: Pusher | WorkSender, pending: list[flow_pb2.FlowRecord], last_send: float, force: bool
     ) -> float:
         fs = self.settings.flows
         now = time.monotonic()
@@ -120,7 +119,7 @@ class SnifferApp:
             last_send = time.monotonic()
         return last_send
 
-    def _send(self, pusher: Pusher, flows: list[flow_pb2.FlowRecord]) -> None:
+    def _send(self, pusher: Pusher | WorkSender, flows: list[flow_pb2.FlowRecord]) -> None:
         with self._lock:
             fast = self.detector.observe(flows)
         now = time.time_ns()
@@ -146,13 +145,13 @@ class SnifferApp:
                 self._fired_seen[rule] = count
         m.fast_sources.set(len(self.detector))
 
-    def _wait_writable(self, pusher: Pusher) -> bool:
+    def _wait_writable(self, pusher: Pusher | WorkSender) -> bool:
         """Back-pressure without hanging: wait for room while running; once a stop is requested,
         wait at most the socket's linger for a consumer, then give the batch up (counted)."""
         if pusher.settings.send_timeout_ms != -1:
             return True  # the socket's own timeout decides, and Pusher counts the drop
         waited_ms = 0
-        while not pusher.sock.poll(0 if self._no_consumer else 200, zmq.POLLOUT):
+        while not pusher.writable(0 if self._no_consumer else 200):
             if self.stop.is_set():
                 waited_ms += 200
                 if self._no_consumer or waited_ms >= pusher.settings.linger_ms:
@@ -171,6 +170,7 @@ class SnifferApp:
         m.packets.inc(delta("packets"))
         m.bytes.inc(delta("bytes"))
         m.evictions.inc(delta("evicted"))
+        m.late_packets_absorbed.inc(delta("late_packets_absorbed"))
         m.capture_file_errors.inc(delta("file_errors"))
         for key in st:
             if key.startswith("malformed_") and (d := delta(key)):

@@ -86,6 +86,20 @@ class FlowSettings(BaseModel):
             " floods are scored while they last; 0 = off"
         ),
     )
+    tombstone_ttl_s: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description=(
+            "after a flow closed by FIN/RST has left, a few packets of the same connection without a"
+            " SYN starting within this time (the ACK that ends a FIN exchange, a retransmitted FIN or"
+            " RST) are absorbed and counted (mld_sniffer_late_packets_absorbed_total) instead of"
+            " becoming a new flow; 0 = off. Meant for tcp_close_linger_s 0"
+        ),
+    )
+    tombstone_max_keys: int = Field(
+        65_536, ge=16, le=10_000_000, description="bound of the recently closed keys kept for tombstone_ttl_s"
+    )
     export_batch_size: int = Field(512, ge=1, le=100_000, description="flows per FlowBatch message")
     export_interval_ms: int = Field(
         200, ge=1, le=60_000, description="max wait before a partial batch is sent"
@@ -184,6 +198,8 @@ HOT_FIELDS: tuple[str, ...] = (
     "flows.tcp_close_linger_s",
     "flows.half_open_timeout_s",
     "flows.export_active_interval_s",
+    "flows.tombstone_ttl_s",
+    "flows.tombstone_max_keys",
     "flows.export_batch_size",
     "flows.export_interval_ms",
 )

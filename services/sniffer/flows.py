@@ -14,12 +14,15 @@ Flow rules (the XDP path follows them too):
   starts a new flow), after TCP FIN from both sides or
   an RST (FIN/RST: later packets within `tcp_close_linger_s` still belong to it unless they open
   a new connection with a bare SYN), when the table is full (EVICTED, oldest last-seen first), or
-  at the end of a capture (WINDOW).
+  at the end of a capture (WINDOW);
+- with `tombstone_ttl_s`, what arrives on a connection after its FIN/RST flow left (a few packets,
+  no SYN) is absorbed and counted instead of exported (`Tombstones`, shared with the XDP source).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +130,82 @@ class TableCounters:
     malformed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MALFORMED_REASONS, 0))
     exported_by_reason: dict[str, int] = field(default_factory=dict)
     evicted: int = 0
+    late_flows_absorbed: int = 0
+    late_packets_absorbed: int = 0
+
+
+_LATE_MAX_PACKETS = 4  # a closed connection's remnant: the last ACK, a retransmitted FIN or RST
+
+
+class Tombstones:
+    """Keys of TCP flows that just left closed (FIN/RST), so their late packets do not become flows.
+
+    With `tcp_close_linger_s` 0 a closed flow leaves at once, and the ACK that ends a FIN exchange
+    (or a retransmitted RST) would start a one-packet flow of its own that no model was trained on.
+    A record of at most a few packets without a SYN on the same connection, starting within
+    `tombstone_ttl_s` (packet clock) of the closed flow's last packet, is absorbed and counted
+    instead. Works on records, so every capture source filters its output the same way (parity).
+    Bounded: at most `tombstone_max_keys` keys, oldest dropped first.
+    """
+
+    def __init__(self, flows: FlowSettings) -> None:
+        self._last: OrderedDict[tuple[bytes, int, bytes, int, int, int], int] = OrderedDict()
+        self._now = 0
+        self.flows_absorbed = 0
+        self.packets_absorbed = 0
+        self.configure(flows)
+
+    def configure(self, flows: FlowSettings) -> None:
+        """Apply the (hot) TTL and bound; a TTL of 0 forgets every key."""
+        self.ttl_ns = int(flows.tombstone_ttl_s * 1e9)
+        self.max_keys = flows.tombstone_max_keys
+        if self.ttl_ns <= 0:
+            self._last.clear()
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def filter(self, records: list[flow_pb2.FlowRecord]) -> list[flow_pb2.FlowRecord]:
+        """`records` (in export order) without the absorbed late remnants of closed flows."""
+        if self.ttl_ns <= 0 or not records:
+            return records
+        kept: list[flow_pb2.FlowRecord] = []
+        last = self._last
+        for rec in records:
+            k = rec.key
+            if k.protocol != 6:
+                kept.append(rec)
+                continue
+            a, b = (k.src_addr, k.src_port), (k.dst_addr, k.dst_port)
+            key = (*a, *b, k.vlan_id, 6) if a <= b else (*b, *a, k.vlan_id, 6)
+            closed = rec.end_reason in (END_FIN, END_RST)
+            t = last.get(key)
+            f = rec.features
+            if (
+                t is not None
+                and rec.first_seen_ns - t <= self.ttl_ns
+                and f.bidirectional_syn_packets == 0
+                and f.bidirectional_packets <= _LATE_MAX_PACKETS
+            ):
+                self.flows_absorbed += 1
+                self.packets_absorbed += f.bidirectional_packets
+                if closed:  # a retransmitted RST: the connection stays closed a while longer
+                    last[key] = max(t, rec.last_seen_ns)
+                    last.move_to_end(key)
+                continue
+            kept.append(rec)
+            if closed:
+                last[key] = rec.last_seen_ns
+                last.move_to_end(key)
+            elif t is not None:
+                del last[key]  # a new connection reuses the key: its packets are its own
+            self._now = max(self._now, rec.last_seen_ns)
+        while len(last) > self.max_keys:
+            last.popitem(last=False)
+        horizon = self._now - self.ttl_ns
+        while last and next(iter(last.values())) < horizon:  # roughly oldest first; exact enough
+            last.popitem(last=False)
+        return kept
 
 
 class FlowTable:
@@ -150,6 +229,7 @@ class FlowTable:
         self._t: Cols = _alloc(0)
         self._free: list[int] = []
         self._ready: list[flow_pb2.FlowRecord] = []
+        self.tombstones = Tombstones(self.flow_settings)
         self._grow(1)
 
     # ------------------------------------------------------------------ public interface
@@ -159,6 +239,7 @@ class FlowTable:
     def update_settings(self, flows: FlowSettings) -> None:
         """Swap timeouts live (max_flows keeps its start value: it sizes memory)."""
         self.flow_settings = flows.model_copy(update={"max_flows": self.flow_settings.max_flows})
+        self.tombstones.configure(self.flow_settings)
 
     def add_frames(self, ts_ns: Sequence[int] | I64, frames: Sequence[bytes]) -> None:
         """Add a batch of raw Ethernet frames captured at `ts_ns` (ns since the epoch)."""
@@ -250,6 +331,13 @@ class FlowTable:
         order = _export_order(cols, idx, by_first=False) if sort else np.arange(len(idx))
         recs = build_records(_take(cols, idx[order]), np.asarray(reasons)[order], self)
         c = self.counters
+        tomb = self.tombstones
+        if tomb.ttl_ns > 0:
+            before = (tomb.flows_absorbed, tomb.packets_absorbed)
+            recs = tomb.filter(recs)
+            c.late_flows_absorbed += tomb.flows_absorbed - before[0]
+            c.late_packets_absorbed += tomb.packets_absorbed - before[1]
+            reasons = np.fromiter((r.end_reason for r in recs), dtype=np.int64, count=len(recs))
         c.flows_exported += len(recs)
         values, counts = np.unique(np.asarray(reasons), return_counts=True)
         for r, cnt in zip(values.tolist(), counts.tolist(), strict=True):
@@ -330,64 +418,29 @@ class FlowTable:
         gap = t - prev_t
         idle_gap = (gap > idle_ns) & ~(key_first & ~has_open)
         brk = idle_gap | (key_first & ~has_open)
-        half = HalfOpen(half_ns, gap, lo, o_initlo, o_resp)
 
-        seg_state = _segment(
-            key_first,
-            brk,
-            t,
-            rst,
-            fin_lo,
-            fin_hi,
-            syn_only,
-            o_first,
-            o_finlo,
-            o_finhi,
-            o_term,
-            o_termrst,
-            linger_ns,
-            active_ns,
-            half,
-            rounds=_MAX_SPLIT_ROUNDS,
+        split = SplitInput(
+            key_first=key_first,
+            has_open=has_open,
+            t=t,
+            rst=rst,
+            fin_lo=fin_lo,
+            fin_hi=fin_hi,
+            syn_only=syn_only,
+            o_first=o_first,
+            o_last=o_last,
+            o_finlo=o_finlo,
+            o_finhi=o_finhi,
+            o_term=o_term,
+            o_termrst=o_termrst,
+            idle_ns=idle_ns,
+            linger_ns=linger_ns,
+            active_ns=active_ns,
+            half=HalfOpen(half_ns, gap, lo, o_initlo, o_resp),
         )
+        seg_state = _segment(split, brk, rounds=_MAX_SPLIT_ROUNDS)
         if seg_state is None:
-            brk = _segment_sequential(
-                key_first,
-                has_open,
-                t,
-                rst,
-                fin_lo,
-                fin_hi,
-                syn_only,
-                o_first,
-                o_last,
-                o_finlo,
-                o_finhi,
-                o_term,
-                idle_ns,
-                linger_ns,
-                active_ns,
-                half,
-            )
-            seg_state = _segment(
-                key_first,
-                brk,
-                t,
-                rst,
-                fin_lo,
-                fin_hi,
-                syn_only,
-                o_first,
-                o_finlo,
-                o_finhi,
-                o_term,
-                o_termrst,
-                linger_ns,
-                active_ns,
-                half,
-                rounds=0,
-                compute_only=True,
-            )
+            seg_state = _segment(split, _segment_sequential(split), rounds=0, compute_only=True)
             assert seg_state is not None
         brk, seg, sfi, carried, term_before, term_ts_seg, term_rst_seg, finlo_c, finhi_c, resp_before = (
             seg_state
@@ -657,6 +710,30 @@ class HalfOpen:
     o_resp: B
 
 
+@dataclass(frozen=True)
+class SplitInput:
+    """What both splitters read: per key-sorted packet arrays (time, TCP flags, the open flow's
+    state at the key's first packet) and the timeouts in ns."""
+
+    key_first: B
+    has_open: B
+    t: I64
+    rst: B
+    fin_lo: B
+    fin_hi: B
+    syn_only: B
+    o_first: I64
+    o_last: I64
+    o_finlo: B
+    o_finhi: B
+    o_term: I64
+    o_termrst: B
+    idle_ns: int
+    linger_ns: int
+    active_ns: int
+    half: HalfOpen
+
+
 def _seg_cumany(x: B, seg_first_of_pkt: I64) -> B:
     """Running OR of x restarted at each segment's first packet."""
     cs: I64 = np.cumsum(x, dtype=np.int64)
@@ -665,25 +742,7 @@ def _seg_cumany(x: B, seg_first_of_pkt: I64) -> B:
     return out
 
 
-def _segment(
-    key_first: B,
-    brk: B,
-    t: I64,
-    rst: B,
-    fin_lo: B,
-    fin_hi: B,
-    syn_only: B,
-    o_first: I64,
-    o_finlo: B,
-    o_finhi: B,
-    o_term: I64,
-    o_termrst: B,
-    linger_ns: int,
-    active_ns: int,
-    half: HalfOpen,
-    rounds: int,
-    compute_only: bool = False,
-) -> SegState | None:
+def _segment(s: SplitInput, brk: B, rounds: int, compute_only: bool = False) -> SegState | None:
     """Split key-sorted packets into flows, adding one split per flow per round until stable.
 
     Returns None when `rounds` is exhausted (a pathological batch); the caller then uses the
@@ -692,6 +751,7 @@ def _segment(
     Half-open splits (a gap > `half.ns` while the responder has not answered) are all added in
     one round: another split earlier in the same flow can only make a later one more certain.
     """
+    key_first, t, rst, half = s.key_first, s.t, s.rst, s.half
     brk = brk.copy()
     for rnd in range(rounds + 1):
         start = key_first | brk
@@ -700,11 +760,11 @@ def _segment(
         carried = ~brk[sfi]
         first_of_pkt = sfi[seg]
         c_pkt = carried[seg]
-        seg_first_ts = np.where(carried, o_first[sfi], t[sfi])
-        flo = _seg_cumany(fin_lo, first_of_pkt) | (c_pkt & o_finlo[first_of_pkt])
-        fhi = _seg_cumany(fin_hi, first_of_pkt) | (c_pkt & o_finhi[first_of_pkt])
+        seg_first_ts = np.where(carried, s.o_first[sfi], t[sfi])
+        flo = _seg_cumany(s.fin_lo, first_of_pkt) | (c_pkt & s.o_finlo[first_of_pkt])
+        fhi = _seg_cumany(s.fin_hi, first_of_pkt) | (c_pkt & s.o_finhi[first_of_pkt])
         rst_c = _seg_cumany(rst, first_of_pkt)
-        c_term = carried & (o_term[sfi] >= 0)
+        c_term = carried & (s.o_term[sfi] >= 0)
         term_active = rst_c | (flo & fhi) | c_term[seg]
         # first terminating packet per segment (for segments not already closed when carried)
         tidx = np.flatnonzero(term_active)
@@ -716,12 +776,12 @@ def _segment(
             ft = tidx[firsts]
             term_ts_seg[tseg[firsts]] = t[ft]
             term_rst_seg[tseg[firsts]] = rst_c[ft]
-        term_ts_seg = np.where(c_term, o_term[sfi], term_ts_seg)
-        term_rst_seg = np.where(c_term, o_termrst[sfi], term_rst_seg)
+        term_ts_seg = np.where(c_term, s.o_term[sfi], term_ts_seg)
+        term_rst_seg = np.where(c_term, s.o_termrst[sfi], term_rst_seg)
         # was the flow before this packet (same key) already closed by FIN/RST?
         term_before = np.zeros(len(t), dtype=bool)
         term_before[1:] = term_active[:-1] & ~key_first[1:]
-        term_before |= key_first & (o_term >= 0)
+        term_before |= key_first & (s.o_term >= 0)
         # did the responder send anything in this flow before this packet?
         init_seg = np.where(carried, half.o_initlo[sfi], half.lo[sfi])
         resp_upto = _seg_cumany(half.lo != init_seg[seg], first_of_pkt) | (c_pkt & half.o_resp[first_of_pkt])
@@ -735,8 +795,8 @@ def _segment(
             return state
         if rnd == rounds:
             break
-        closing = term_before & ((t > term_ts_seg[seg] + linger_ns) | syn_only)
-        too_old = t - seg_first_ts[seg] > active_ns
+        closing = term_before & ((t > term_ts_seg[seg] + s.linger_ns) | s.syn_only)
+        too_old = t - seg_first_ts[seg] > s.active_ns
         half_cand = (half.gap > half.ns) & ~resp_before & ~brk if half.ns > 0 else np.zeros(len(t), bool)
         cand = (closing | too_old | half_cand) & ~brk
         ci = np.flatnonzero(cand)
@@ -749,44 +809,33 @@ def _segment(
     return None
 
 
-def _segment_sequential(
-    key_first: B,
-    has_open: B,
-    t: I64,
-    rst: B,
-    fin_lo: B,
-    fin_hi: B,
-    syn_only: B,
-    o_first: I64,
-    o_last: I64,
-    o_finlo: B,
-    o_finhi: B,
-    o_term: I64,
-    idle_ns: int,
-    linger_ns: int,
-    active_ns: int,
-    half: HalfOpen,
-) -> B:
+def _segment_sequential(s: SplitInput) -> B:
     """Reference splitter, one packet at a time: the oracle for `_segment` in tests and the
     fallback for batches that need many splits of one key."""
-    n = len(t)
+    n = len(s.t)
     brk = np.zeros(n, dtype=bool)
     first = last = term = 0
     flo = fhi = False
     init = resp = False
-    tl, rl, fl, fh, so = t.tolist(), rst.tolist(), fin_lo.tolist(), fin_hi.tolist(), syn_only.tolist()
-    lol = half.lo.tolist()
+    tl, rl, fl, fh, so = (
+        s.t.tolist(),
+        s.rst.tolist(),
+        s.fin_lo.tolist(),
+        s.fin_hi.tolist(),
+        s.syn_only.tolist(),
+    )
+    lol = s.half.lo.tolist()
     for i in range(n):
-        if key_first[i]:
-            if has_open[i]:
+        if s.key_first[i]:
+            if s.has_open[i]:
                 first, last, flo, fhi, term = (
-                    int(o_first[i]),
-                    int(o_last[i]),
-                    bool(o_finlo[i]),
-                    bool(o_finhi[i]),
-                    int(o_term[i]),
+                    int(s.o_first[i]),
+                    int(s.o_last[i]),
+                    bool(s.o_finlo[i]),
+                    bool(s.o_finhi[i]),
+                    int(s.o_term[i]),
                 )
-                init, resp = bool(half.o_initlo[i]), bool(half.o_resp[i])
+                init, resp = bool(s.half.o_initlo[i]), bool(s.half.o_resp[i])
                 new = False
             else:
                 new = True
@@ -794,10 +843,10 @@ def _segment_sequential(
             new = False
         ti = tl[i]
         if not new and (
-            ti - last > idle_ns
-            or (half.ns > 0 and not resp and ti - last > half.ns)
-            or (term >= 0 and (ti > term + linger_ns or so[i]))
-            or ti - first > active_ns
+            ti - last > s.idle_ns
+            or (s.half.ns > 0 and not resp and ti - last > s.half.ns)
+            or (term >= 0 and (ti > term + s.linger_ns or so[i]))
+            or ti - first > s.active_ns
         ):
             new = True
         if new:
@@ -956,6 +1005,8 @@ def add_counters(into: TableCounters, c: TableCounters) -> None:
     into.ip_packets += c.ip_packets
     into.flows_exported += c.flows_exported
     into.evicted += c.evicted
+    into.late_flows_absorbed += c.late_flows_absorbed
+    into.late_packets_absorbed += c.late_packets_absorbed
     for k, v in c.malformed.items():
         into.malformed[k] = into.malformed.get(k, 0) + v
     for k, v in c.exported_by_reason.items():

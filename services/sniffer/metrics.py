@@ -34,6 +34,7 @@ class SnifferMetrics:
     xdp_ringbuf_full: Counter
     xdp_lost_packets: Counter
     xdp_notices_lost: Counter
+    late_packets_absorbed: Counter
 
 
 _metrics: SnifferMetrics | None = None
@@ -89,6 +90,11 @@ def sniffer_metrics() -> SnifferMetrics:
                 xdp_notices_lost=Counter(
                     "mld_sniffer_xdp_notices_lost",
                     "START/TERM notices that did not fit the ring buffer (the sweep catches those flows later)",
+                ),
+                late_packets_absorbed=Counter(
+                    "mld_sniffer_late_packets_absorbed",
+                    "Packets of a just-closed TCP connection (last ACK, retransmitted FIN/RST) absorbed by"
+                    " its tombstone instead of becoming a new flow (flows.tombstone_ttl_s)",
                 ),
             )
         return _metrics

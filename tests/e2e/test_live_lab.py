@@ -193,6 +193,8 @@ def test_artifacts_and_rag_query_find_the_events(require_root: None, lab: LabSet
 def test_metrics_show_the_counts(require_root: None, lab: LabSettings) -> None:
     p = lab.ports
     assert (live.metric_value(p.metrics_sniffer, "mld_sniffer_packets_total") or 0) > 1000
+    # linger 0: the closing ACKs of the benign client's connections are absorbed, not flows
+    assert (live.metric_value(p.metrics_sniffer, "mld_sniffer_late_packets_absorbed_total") or 0) > 0
     assert (live.metric_value(p.metrics_ml_detector, "mld_ml_detector_flows_scored_total") or 0) > 100
     attackers = sum(len(rs) for rs in RESULTS.values())
     banned = live.metric_value(p.metrics_firewall, "mld_firewall_banned_addresses") or 0

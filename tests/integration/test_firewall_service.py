@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import zmq
 from fixtures.etcd import EtcdServer
 
 from helpers import REPO, free_port, wait_for
@@ -234,3 +235,121 @@ def test_settings_follow_etcd_live(tmp_path: Path, etcd_server: EtcdServer) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_a_new_source_is_committed_mid_flood_and_a_flood_does_not_hold_off_the_stop(tmp_path: Path) -> None:
+    """Issue 11's burst case: a new source's DROP ahead of 30k repeats is committed within the
+    batch window, not after the flood is drained; and SIGTERM is honoured while a flood goes on."""
+    import threading
+
+    zport = free_port()
+    journal = tmp_path / "fw.jsonl"
+    cfg = tmp_path / "fw.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "backend": "dry_run",
+                "dry_run_journal": str(journal),
+                "input": {"endpoint": f"tcp://127.0.0.1:{zport}", "bind": True},
+                "metrics": {"port": 0},
+                "allow": {"peers": [], "own_addresses": False},
+            }
+        )
+    )
+    log = tmp_path / "fw.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.firewall", "run", "--config", str(cfg)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    push = Pusher("firewall_it", SocketSettings(endpoint=f"tcp://127.0.0.1:{zport}", linger_ms=0))
+    name = detection_pb2.DetectionEvent.DESCRIPTOR.full_name.encode()
+
+    def frame(src: str) -> list[bytes]:
+        return [name, event(ip_bytes(src)).SerializeToString()]
+
+    def commits() -> dict[str, int]:
+        """Target -> ts_ns of the transaction that added it."""
+        docs = [json.loads(x) for x in journal.read_text().splitlines()] if journal.exists() else []
+        return {op["target"]: d["ts_ns"] for d in docs for op in d["ops"] if op["op"] == "add"}
+
+    stop_flood = threading.Event()
+    sender: threading.Thread | None = None
+    try:
+        wait_for(lambda: "firewall running" in log.read_text(), 15, what="firewall start")
+        banned = [f"198.18.1.{i}" for i in range(1, 21)]
+        for a in banned:
+            push.sock.send_multipart(frame(a))
+        wait_for(lambda: set(banned) <= set(commits()), 10, what="first bans")
+        flood = [
+            frame(banned[i % 20]) for i in range(30_000)
+        ]  # serialized first: sent far faster than handled
+        t0 = time.time_ns()
+        for f in [frame("198.18.2.1"), *flood, frame("198.18.2.2")]:
+            push.sock.send_multipart(f)
+        done = wait_for(lambda: (c := commits()).get("198.18.2.2") and c, 60, what="flood handled")
+        first, last = done["198.18.2.1"] - t0, done["198.18.2.2"] - t0
+        # committed early in the flood, not when it had been drained (which takes >= 0.3 s here)
+        assert first < last / 4, (
+            f"new source committed after {first / 1e6:.0f} ms, flood end {last / 1e6:.0f} ms"
+        )
+
+        def flood_on() -> None:
+            end = time.monotonic() + 20
+            for i in range(1_000_000):  # bounded in count and time
+                if stop_flood.is_set() or time.monotonic() > end:
+                    return
+                try:
+                    push.sock.send_multipart(flood[i % len(flood)])
+                except zmq.Again:  # the service is gone and the queue full
+                    return
+
+        sender = threading.Thread(target=flood_on, daemon=True)
+        sender.start()
+        time.sleep(0.5)  # let the queue fill up: the stop must come mid-flood
+        t_stop = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - t_stop < 5, "SIGTERM waited for the flood to end"
+    finally:
+        stop_flood.set()
+        if sender is not None:
+            sender.join(10)  # the socket is not thread-safe: close it after its sender stopped
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        push.close()
+
+
+def test_list_with_targets_answers_whether_an_address_is_blocked(tmp_path: Path) -> None:
+    cfg = tmp_path / "fw.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "backend": "dry_run",
+                "dry_run_journal": str(tmp_path / "fw.jsonl"),
+                "allow": {"peers": [], "own_addresses": False},
+            }
+        )
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services.firewall", *args, "--config", str(cfg)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    assert cli("block", "198.18.0.1", "198.18.4.0/24", "2001:db8::9").returncode == 0
+    r = cli("list", "--json", "198.18.4.9", "2001:db8::9")
+    assert r.returncode == 0, r.stderr
+    assert [b["target"] for b in json.loads(r.stdout)["bans"]] == ["198.18.4.0/24", "2001:db8::9"]
+    r = cli("list", "198.18.9.9")
+    assert r.returncode == 1 and "0 bans" in r.stdout
+    r = cli("list", "198.18.4.0/23")  # wider than the ban: not covered by it
+    assert r.returncode == 1
+    r = cli("list", "not-an-address")
+    assert r.returncode == 2 and "not-an-address" in r.stderr

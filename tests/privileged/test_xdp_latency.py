@@ -85,3 +85,49 @@ def test_scan_is_exported_within_half_open_timeout(pair: VethPair, tmp_path: Pat
     start = min(ns(r["first_seen"]) for r in cap.records)
     fired = [t for t, r in unanswered if "port_scan" in det.observe([as_record(r)])[0].rules]
     assert fired and fired[0] - start < 1000 * MS
+
+
+FIN, PSH = 0x01, 0x08
+
+
+@pytest.mark.parametrize("source", ["xdp", "afpacket"])
+def test_closed_flows_leave_at_once_and_their_late_packets_are_absorbed(
+    pair: VethPair, tmp_path: Path, source: str
+) -> None:
+    """Linger 0 with tombstones (the live lab's settings): a FIN exchange leaves on its TERM notice
+    (no sweep), and the ACK after it, like an RST sent twice, is absorbed and counted instead of
+    becoming a one-packet flow; both sources agree."""
+
+    def c2s(flags: int, sport: int = 43000) -> bytes:
+        return eth(ipv4("198.18.0.20", "198.18.0.10", 6, tcp(sport, 80, flags)))
+
+    def s2c(flags: int, sport: int = 43000) -> bytes:
+        return eth(ipv4("198.18.0.10", "198.18.0.20", 6, tcp(80, sport, flags)))
+
+    frames = [c2s(SYN), s2c(SYN | ACK), c2s(ACK), c2s(PSH | ACK), s2c(PSH | ACK), s2c(FIN | ACK),
+              c2s(FIN | ACK), s2c(ACK),  # the closing ACK comes after the flow ended
+              c2s(SYN, 43001), s2c(RST | ACK, 43001), s2c(RST | ACK, 43001)]  # fmt: skip
+    pcap = write_pcap(tmp_path / "close.pcap", frames, step_us=5000)
+    settings = {
+        "flows": {"tcp_close_linger_s": 0, "half_open_timeout_s": 0.1, "tombstone_ttl_s": 3,
+                  "export_interval_ms": 20},
+        "xdp": {"sweep_interval_ms": 60_000},  # only TERM/START checks can export in time
+    }  # fmt: skip
+    cap = Capture(pair, source, settings)
+    try:
+        cap.wait_ready()
+        pair.replay(pcap, extra=())
+        wait_for(lambda: cap.live_stats().get("late_packets_absorbed", 0) >= 2, timeout=10, what="absorbed")
+        stats = cap.stop()
+    finally:
+        cap.kill()
+    got = sorted(
+        (r["src_port"], r["end_reason"], r["features"]["bidirectional_packets"]) for r in cap.records
+    )
+    assert got == [(43000, "FIN", 7), (43001, "RST", 2)], got
+    assert stats["late_packets_absorbed"] == 2 and stats["late_flows_absorbed"] == 2, stats
+    if source == "xdp":
+        assert stats["flows_exported_sweep"] == 0, stats
+    for arrived, row in zip(cap.arrivals, cap.records, strict=True):
+        if row["end_reason"] == "FIN":
+            assert arrived - ns(row["last_seen"]) < 300 * MS, row

@@ -1,6 +1,7 @@
 """The shared captures on the packet clock with the live settings (half_open_timeout_s 0.5,
-tcp_close_linger_s 0): the nmap scan is flagged within 1 s of its first probe, and no source of a
-benign capture is flagged (slow answers split by the half-open timeout do not look like scans)."""
+tcp_close_linger_s 0, tombstones): the nmap scan is flagged within 1 s of its first probe, and no
+source of a benign capture is flagged (slow answers split by the half-open timeout do not look like
+scans)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ from services.sniffer.pcapfile import read_capture
 
 pytestmark = pytest.mark.replay
 LIVE = SnifferSettings.model_validate(
-    {"flows": {"half_open_timeout_s": 0.5, "tcp_close_linger_s": 0, "export_active_interval_s": 5}}
+    {
+        "flows": {
+            "half_open_timeout_s": 0.5,
+            "tcp_close_linger_s": 0,
+            "tombstone_ttl_s": 3,
+            "export_active_interval_s": 5,
+        }
+    }
 )
 TICK_NS = 50_000_000  # the live sources expire every 50 ms or so
 CHUNK = 4096

@@ -84,6 +84,34 @@ def test_drop_events_become_one_transaction_and_latency_is_observed() -> None:
     assert metric("mld_firewall_banned_addresses", family="v4", kind="host") >= 0
 
 
+def test_event_addresses_are_resolved_from_their_bytes_and_cached_only_when_allowed() -> None:
+    """The hot path keys on the event's raw address: an IPv4-mapped IPv6 source is the same ban,
+    allow-listed sources are refused every time (never cached), and a reload drops the cache."""
+    b = MemoryBackend()
+    fw = firewall(b, batch_interval_ms=0)
+    fw.start()
+    mapped = event("198.18.0.1")
+    mapped.flow.key.src_addr = ipaddress.IPv6Address("::ffff:198.18.0.1").packed
+    assert fw.handle_event(event("198.18.0.1")) == "queued"
+    assert fw.handle_event(mapped) == "deduplicated"
+    fw.poll()
+    assert fw.handle_event(mapped) == "deduplicated"  # banned now, young: no kernel write
+    for _ in range(3):
+        assert fw.handle_event(event("198.18.200.1")) == "allow_listed"
+    assert fw.handle_event(event("::")) == "invalid"
+    assert fw.handle_event(event("2001:db8::5")) == "queued"
+    fw.poll()
+    fw.apply_settings(fw.settings, AllowList([ipaddress.ip_network("2001:db8::/64")]))
+    assert fw.handle_event(event("2001:db8::5")) == "allow_listed"  # cached before the reload
+    fw.poll()
+    assert [[str(o.net) for o in t] for t in b.transactions] == [
+        ["198.18.0.1/32"],
+        ["2001:db8::5/128"],
+        ["2001:db8::5/128"],  # the delete of the now allow-listed ban
+    ]
+    assert b.transactions[-1][0].kind == "delete"
+
+
 def test_rejections_are_counted_by_reason() -> None:
     fw = firewall(MemoryBackend(), max_elements_v4=1)
     fw.start()
@@ -113,6 +141,32 @@ def test_a_refused_transaction_is_retried_op_by_op_and_only_the_bad_op_is_lost()
     assert b.setups == 2  # re-created once in case the table vanished
     assert sorted(str(n) for n in fw.planner.bans) == ["198.18.0.1/32", "198.18.0.3/32"]
     assert metric("mld_firewall_failed_operations_total", op="add") == failed_before + 1
+
+
+def test_a_table_deleted_under_the_service_is_recreated_and_its_lost_bans_forgotten() -> None:
+    """Someone ran `nft delete table`: the retry re-creates it and re-reads the kernel, so the
+    sources whose bans went with it are banned again by their next DROP instead of deduplicated."""
+
+    class Vanishing(MemoryBackend):
+        def apply(self, ops: Sequence[Op]) -> None:
+            if self.setups == 1:  # the table is gone until setup() runs again
+                raise BackendError("No such file or directory", "memory")
+            super().apply(ops)
+
+        def setup(self) -> None:
+            super().setup()
+            if self.setups > 1:
+                self.elements = []
+
+    old = Element(ipaddress.ip_network("198.18.0.1/32"), 600_000, 590_000)
+    b = Vanishing([old])
+    fw = firewall(b, batch_interval_ms=0)
+    fw.start()
+    assert fw.request("198.18.0.1") == "deduplicated"
+    assert fw.request("198.18.0.2") == "queued"
+    fw.poll()
+    assert b.setups == 2 and [str(n) for n in fw.planner.bans] == ["198.18.0.2/32"]
+    assert fw.request("198.18.0.1") == "queued"
 
 
 def test_start_reconciles_and_removes_allow_listed_bans() -> None:

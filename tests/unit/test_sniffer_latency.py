@@ -211,3 +211,130 @@ def test_xdp_loss_and_fill_become_metrics() -> None:
     got = {n: value(n) - before[n] for n in names}
     assert got == dict(zip(names, (3.0, 9.0, 1.0), strict=True))
     assert value("mld_sniffer_xdp_map_fill_permille") == 900
+
+
+# --- tombstones: late packets of a just-closed connection (linger 0) ------------------------
+
+TOMB = {"tcp_close_linger_s": 0, "half_open_timeout_s": 0.1, "tombstone_ttl_s": 3.0}
+
+
+def conn(sport: int = 40000, flags: str = "") -> tuple[bytes, bytes]:
+    """(client -> server, server -> client) frames of one connection with the given flags."""
+    return (
+        ether(ipv4("198.18.0.20", "198.18.0.10", 6, tcp(sport, 80, flags))),
+        ether(ipv4("198.18.0.10", "198.18.0.20", 6, tcp(80, sport, flags))),
+    )
+
+
+def fin_exchange(t0: int, sport: int = 40000) -> list[tuple[int, bytes]]:
+    """A whole HTTP-like connection whose last packet (the client's ACK of the server's FIN)
+    comes after FIN both ways, as on the wire."""
+    return [
+        (t0, conn(sport, "S")[0]),
+        (t0 + 1 * MS, conn(sport, "SA")[1]),
+        (t0 + 2 * MS, conn(sport, "A")[0]),
+        (t0 + 3 * MS, conn(sport, "PA")[0]),
+        (t0 + 4 * MS, conn(sport, "PA")[1]),
+        (t0 + 5 * MS, conn(sport, "FA")[1]),
+        (t0 + 6 * MS, conn(sport, "FA")[0]),
+        (t0 + 7 * MS, conn(sport, "A")[1]),  # after the close: linger 0 has already ended the flow
+    ]
+
+
+@pytest.mark.parametrize("tick_ms", [1, 50])
+def test_tombstone_absorbs_the_ack_that_ends_a_fin_exchange(tick_ms: int) -> None:
+    """Without tombstones the closing ACK becomes a one-packet flow of its own; with them it is
+    absorbed and counted, whatever the export tick, and the closed flow leaves at once."""
+    packets = fin_exchange(T0)
+    bare = run_clock(FlowTable(settings_with(tcp_close_linger_s=0, half_open_timeout_s=0.1)), packets,
+                     tick_ms * MS, T0 + S)  # fmt: skip
+    assert [r.features.bidirectional_packets for _, r in bare] == [7, 1]
+    table = FlowTable(settings_with(**TOMB))
+    out = run_clock(table, packets, tick_ms * MS, T0 + S)
+    assert [(r.end_reason, r.features.bidirectional_packets) for _, r in out] == [
+        (flow_pb2.END_REASON_FIN, 7)
+    ]
+    assert out[0][0] - (T0 + 6 * MS) <= tick_ms * MS  # exported by the first expire after the close
+    c = table.counters
+    assert (c.late_flows_absorbed, c.late_packets_absorbed) == (1, 1)
+    assert c.flows_exported == 1 and c.exported_by_reason == {"FIN": 1}
+    assert table.flush() == [] and len(table) == 0
+
+
+def test_tombstone_keeps_new_connections_and_anything_that_is_not_a_remnant() -> None:
+    """A SYN on the same key within the TTL is a new connection; a packet after the TTL, or a
+    burst longer than a close's remnant, is traffic of its own; retransmitted RSTs are absorbed."""
+    syn_c, _ = conn(40000, "S")
+    ack_c, _ = conn(40000, "A")
+    _, rst_s = conn(40001, "R")
+    rst_c, _ = conn(40001, "R")
+    packets = [
+        *fin_exchange(T0),
+        (T0 + 300 * MS, syn_c),  # a new connection reusing the key: kept (unanswered: half-open)
+        # RST, then the same RST twice more: one flow, then two late remnants
+        (T0 + 30 * MS, rst_c),
+        (T0 + 40 * MS, rst_s),
+        (T0 + 50 * MS, rst_s),
+        (T0 + 5 * S, rst_s),  # after the TTL: a flow of its own
+    ]
+    table = FlowTable(settings_with(**TOMB))
+    out = [r for _, r in run_clock(table, packets, 10 * MS, T0 + 6 * S)]
+    got = [
+        (r.key.src_port, r.features.bidirectional_packets, r.features.bidirectional_syn_packets) for r in out
+    ]
+    assert got == [(40000, 7, 2), (40001, 1, 0), (40000, 1, 1), (80, 1, 0)]
+    assert table.counters.late_packets_absorbed == 3  # closing ACK + two retransmitted RSTs
+    noisy = [(T0 + i * MS, ack_c) for i in range(20, 26)]  # six packets: more than a remnant
+    table = FlowTable(settings_with(**TOMB))
+    out = [r for _, r in run_clock(table, [*fin_exchange(T0)[:-1], *noisy], 10 * MS, T0 + S)]
+    assert [r.features.bidirectional_packets for r in out] == [7, 6]
+
+
+def test_tombstones_are_bounded_and_follow_hot_settings() -> None:
+    from services.sniffer.flows import Tombstones
+
+    packets = [p for i in range(40) for p in fin_exchange(T0 + i * 10 * MS, sport=41000 + i)[:-1]]
+    table = FlowTable(settings_with(**TOMB, tombstone_max_keys=16))
+    assert len(run_clock(table, packets, 10 * MS, T0 + S)) == 40
+    assert len(table.tombstones) == 16
+    table.update_settings(settings_with(**{**TOMB, "tombstone_ttl_s": 0}).flows)
+    assert len(table.tombstones) == 0
+    assert is_hot("flows.tombstone_ttl_s") and is_hot("flows.tombstone_max_keys")
+    # off (the default): records pass through untouched
+    t = Tombstones(settings_with().flows)
+    recs = run_clock(FlowTable(settings_with(tcp_close_linger_s=0)), fin_exchange(T0), MS, T0 + 200 * S)
+    assert t.filter([r for _, r in recs]) == [r for _, r in recs] and len(recs) == 2
+
+
+def test_xdp_source_wakes_when_a_partial_batch_is_due() -> None:
+    """After yielding records the XDP loop polls at most `export_interval_ms` before yielding again,
+    so the service sends a partial batch on time even when no further notice arrives (it used to
+    sleep up to 100 ms: a second flow closed 2 ms after a sent one waited that long)."""
+    from libs.common.lifecycle import StopFlag
+    from services.sniffer.sources.xdp import XdpCounters, XdpSource
+
+    cfg = settings_with(export_interval_ms=10)
+    src = object.__new__(XdpSource)  # the loop only: no program, no map
+    src.settings = SnifferSettings.model_validate(
+        {**cfg.model_dump(mode="json"), "xdp": {"sweep_interval_ms": 60_000}}
+    )
+    src.counts = XdpCounters()
+    src._pending, src._ended, src._checks, src._check_at = [], [], [], {}
+    polls: list[int] = []
+
+    class Ring:
+        def poll(self, timeout_ms: int) -> None:
+            polls.append(timeout_ms)
+            if len(polls) == 1:  # an END notice arrived: one record is ready
+                src._pending.append(flow_pb2.FlowRecord())
+
+    src._rb = Ring()  # type: ignore[assignment]
+    stop = StopFlag()
+    got = []
+    for batch in src.batches(stop):
+        got.append(len(batch))
+        if len(polls) == 3:
+            stop.set()
+            break
+    assert got[:2] == [1, 0]
+    assert polls[0] == 100 and polls[1] <= 10, polls  # idle, then woken for the due partial batch

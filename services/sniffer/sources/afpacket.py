@@ -313,6 +313,8 @@ class AfPacketSource:
             "ip_packets": c.ip_packets,
             "flows": c.flows_exported,
             "evicted": c.evicted,
+            "late_flows_absorbed": c.late_flows_absorbed,
+            "late_packets_absorbed": c.late_packets_absorbed,
             "table_flows": len(self.table),
             "socket_packets": self.kernel_packets,
             "socket_drops": self.kernel_drops,

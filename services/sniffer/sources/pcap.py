@@ -57,6 +57,8 @@ class PcapSource:
             "ip_packets": t.ip_packets,
             "flows": t.flows_exported,
             "evicted": t.evicted,
+            "late_flows_absorbed": t.late_flows_absorbed,
+            "late_packets_absorbed": t.late_packets_absorbed,
             "table_flows": len(self.table) if self.table is not None else 0,
             "file_errors": self.file_errors,
             "passes": self.passes,

@@ -5,9 +5,12 @@ canonical flow key and always passes the packet. Flows that end on a packet (TCP
 RST, a packet after the idle/active timeout) arrive whole on the ring buffer; flows that just go
 quiet are found by the sweep every `xdp.sweep_interval_ms`. Each exported entry is taken out of the
 map atomically (lookup-and-delete), so no packet is counted twice or lost between read and delete.
-With `flows.half_open_timeout_s` (or a short TCP close linger) waiting for the sweep would add up
-to a sweep interval of delay, so START and TERM notices schedule a check of that one entry at its
-deadline instead (a heap of due times; a lost notice is still caught by the sweep).
+Waiting for the sweep would add up to a sweep interval of delay, so TERM notices (FIN both ways,
+RST) schedule a check of that one entry at close + `flows.tcp_close_linger_s` (when the linger is
+shorter than the sweep interval), and with `flows.half_open_timeout_s` START notices one at its
+half-open deadline (a heap of due times; a lost notice is still caught by the sweep). The sweep
+reads the whole map, so it is needed only for the idle/active timeouts and can run rarely.
+Records pass the same tombstone filter as flows.py's (`flows.tombstone_ttl_s`).
 
 On start a program of ours left attached by a crash is detached first (reconcile with the kernel);
 someone else's program is never replaced.
@@ -34,6 +37,7 @@ from ml_defender.v1 import flow_pb2
 from services.sniffer import libbpf
 from services.sniffer.bpf import build
 from services.sniffer.errors import SourceError
+from services.sniffer.flows import Tombstones
 
 if TYPE_CHECKING:
     from services.sniffer.config import SnifferSettings
@@ -379,6 +383,8 @@ class XdpCounters:
     sweep_races: int = 0
     map_entries: int = 0
     stale_detached: int = 0
+    late_flows_absorbed: int = 0
+    late_packets_absorbed: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -395,6 +401,7 @@ class XdpSource:
         self.counts = XdpCounters()
         self._pending: list[flow_pb2.FlowRecord] = []
         self._ended: list[bytes] = []
+        self.tombstones = Tombstones(settings.flows)
         self._attached = False
         self._obj: libbpf.BpfObject | None = None
         self._rb: libbpf.RingBuffer | None = None
@@ -442,6 +449,7 @@ class XdpSource:
             half_open_ns=int(fs.half_open_timeout_s * 1e9),
         )
         self._config.update(ctypes.c_uint32(0), cfg)
+        self.tombstones.configure(fs)
         self.settings = settings
 
     def _detach_stale(self) -> None:
@@ -474,11 +482,16 @@ class XdpSource:
         v = np.frombuffer(values, dtype=_VALUE_NP, count=n)
         # CLOCK_MONOTONIC (bpf_ktime_get_ns) -> wall clock, read fresh so clock steps are followed
         offset = time.time_ns() - time.monotonic_ns()
-        self._pending.extend(
-            records_from_arrays(k, v, reasons, offset, self.settings.node_id, self.interface)
-        )
-        for r in reasons:
-            name = flow_pb2.EndReason.Name(r)[len("END_REASON_") :].lower()
+        recs = records_from_arrays(k, v, reasons, offset, self.settings.node_id, self.interface)
+        tomb = self.tombstones
+        if tomb.ttl_ns > 0:  # late packets of just-closed connections, as flows.py absorbs them
+            before = (tomb.flows_absorbed, tomb.packets_absorbed)
+            recs = tomb.filter(recs)
+            self.counts.late_flows_absorbed += tomb.flows_absorbed - before[0]
+            self.counts.late_packets_absorbed += tomb.packets_absorbed - before[1]
+        self._pending.extend(recs)
+        for rec in recs:
+            name = flow_pb2.EndReason.Name(rec.end_reason)[len("END_REASON_") :].lower()
             self.counts.by_reason[name] = self.counts.by_reason.get(name, 0) + 1
 
     def _half_ns(self) -> int:
@@ -506,6 +519,8 @@ class XdpSource:
             if half:
                 self._schedule(data[8 : 8 + _KEY_SIZE], time.monotonic_ns() + half + 1)
         elif kind == libbpf.EVENT_TERM:
+            # Closed flows leave right after their linger when the sweep would come later (a
+            # check is a syscall per flow: with a long linger the sweep is the cheaper way).
             self.counts.terms += 1
             linger = int(self.settings.flows.tcp_close_linger_s * 1e9)
             if linger < self.settings.xdp.sweep_interval_ms * 1_000_000:
@@ -655,8 +670,11 @@ class XdpSource:
         if rb is None:
             raise SourceError("the XDP source is closed", self.interface, "open a new source")
         next_sweep = time.monotonic_ns() + self.settings.xdp.sweep_interval_ms * 1_000_000
+        flush_at = 0  # the service may hold the last records until its export interval has passed
         while not stop.is_set():
             wake = min(next_sweep, self._checks[0][0]) if self._checks else next_sweep
+            if flush_at:
+                wake = min(wake, flush_at)
             wait_ms = max(0, min(100, -(-(wake - time.monotonic_ns()) // 1_000_000)))
             rb.poll(int(wait_ms))
             self._flush_ended()
@@ -667,7 +685,13 @@ class XdpSource:
                 self.sweep()
                 next_sweep = time.monotonic_ns() + self.settings.xdp.sweep_interval_ms * 1_000_000
             # an empty batch too: the service gets the chance to send a partial batch on time
-            yield self._take_pending()
+            out = self._take_pending()
+            now = time.monotonic_ns()
+            if out:  # wake up once more when a partial batch of these is due, events or not
+                flush_at = now + self.settings.flows.export_interval_ms * 1_000_000
+            elif flush_at and now >= flush_at:
+                flush_at = 0
+            yield out
         yield from self.drain()
 
     def drain(self) -> Iterator[list[flow_pb2.FlowRecord]]:
@@ -720,6 +744,8 @@ class XdpSource:
             "sweeps": c.sweeps,
             "sweep_races": c.sweep_races,
             "stale_detached": c.stale_detached,
+            "late_flows_absorbed": c.late_flows_absorbed,
+            "late_packets_absorbed": c.late_packets_absorbed,
         }
         # LRU evictions are silent in the kernel: created = ended + lost + taken + present + evicted.
         gone = (
