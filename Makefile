@@ -89,7 +89,7 @@ attack-lab-multi: $(STAMP)
 kill-lab-multi: $(STAMP)
 	$(PY) -m libs.lab.multi down
 
-## train: reproducible model training (see models/*/card.md)
+## train: reproducible model training; as root also real tools in its own network namespaces (see models/*/card.md)
 train: setup
 	$(PY) -m services.ml_detector.train
 

@@ -1,6 +1,12 @@
 """ML detector throughput: flows/s per core through all four models, per engine, batched and one
 flow at a time, with p99 batch latency; plus the full path (features, context, scoring, events).
 
+What the target is about (DESIGN.md section 10: >= 200k flows/s per core batched, p99 batch latency
+<= 5 ms): the MODELS, i.e. one call scoring a batch through all four detectors with the chosen engine.
+The full detector path (records -> features -> per-source context -> four models -> scoring ->
+DetectionEvent protos, with and without explanations) is measured too and printed separately: it is
+bound by per-flow Python work, not by the models, and the target does not cover it.
+
 Baseline (same run): LightGBM native at batch size 1. Every engine runs single-threaded, so the
 numbers are per core: flows / CPU seconds of the scoring thread (robust on a shared machine);
 latency percentiles are wall time. Input rows are the flows of the public captures (../shared/data/pcaps),
@@ -31,6 +37,8 @@ from services.ml_detector.models import ModelSet, load_model_set  # noqa: E402
 from services.sniffer.flows import extract_flows  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "pcaps"
+TARGET_FLOWS_PER_S = 200_000  # DESIGN.md section 10, all four models, batched, per core
+TARGET_P99_MS = 5.0
 
 
 def rows_and_records() -> tuple[np.ndarray, list[flow_pb2.FlowRecord]]:
@@ -121,6 +129,19 @@ def main() -> int:
             f"full path ({best}, batch {args.batch}, explanations {'on' if top_k else 'off'}): "
             f"{full[label][0]:,.0f} flows/s per core, p99 {full[label][1] * 1e3:.2f} ms"
         )
+    bm = results[best]
+    met_cpu = bm["batched_flows_per_s"] >= TARGET_FLOWS_PER_S and bm["batched_p99_cpu_ms"] <= TARGET_P99_MS
+    met_wall = bm["batched_flows_per_s"] >= TARGET_FLOWS_PER_S and bm["batched_p99_ms"] <= TARGET_P99_MS
+    print(
+        f"target (models only, four detectors, batched): >= {TARGET_FLOWS_PER_S:,} flows/s per core and p99 <= "
+        f"{TARGET_P99_MS} ms -> {best}: {bm['batched_flows_per_s']:,.0f} flows/s per core, p99 "
+        f"{bm['batched_p99_cpu_ms']:.2f} ms CPU / {bm['batched_p99_ms']:.2f} ms wall: "
+        f"{'MET' if met_cpu else 'NOT met'} (CPU p99), {'MET' if met_wall else 'NOT met'} (wall p99, loaded host)"
+    )
+    print(
+        f"full detector path (not what the target covers): {full['unexplained'][0]:,.0f} flows/s per core "
+        f"without explanations, {full['explained'][0]:,.0f} with"
+    )
     for e, r in results.items():
         print(
             f"ratio vs lightgbm batch 1: {e} batched {r['batched_flows_per_s'] / base:.1f}x, "
@@ -135,6 +156,10 @@ def main() -> int:
         "best_batched_p99_ms": round(results[best]["batched_p99_ms"], 3),
         "best_batched_p99_cpu_ms": round(results[best]["batched_p99_cpu_ms"], 3),
         "ratio_best_batched_vs_baseline": round(results[best]["batched_flows_per_s"] / base, 2),
+        "target_models_flows_per_s": TARGET_FLOWS_PER_S,
+        "target_models_p99_ms": TARGET_P99_MS,
+        "target_models_met_cpu_p99": met_cpu,
+        "target_models_met_wall_p99": met_wall,
         "full_path_flows_per_s": round(full["explained"][0]),
         "full_path_p99_ms": round(full["explained"][1] * 1e3, 3),
         "full_path_no_explain_flows_per_s": round(full["unexplained"][0]),

@@ -20,12 +20,19 @@ from libs.common.events import ip_text
 from services.ml_detector.config import DetectorSettings
 from services.ml_detector.context import ContextTracker
 from services.ml_detector.detector import feature_matrix
+from services.sniffer.config import FlowSettings, SnifferSettings
+
+# What the live lab's sniffer uses to score quickly (DESIGN.md section 4 settings): no close linger,
+# unanswered flows exported after 0.1 s. Then the ACK that ends a FIN exchange arrives as a flow of
+# its own, an RST after a close too, and a SYN whose answer is slow is a half-open flow.
+LIVE_FLOWS = FlowSettings(tcp_close_linger_s=0.0, half_open_timeout_s=0.1)
+LIVE_SUFFIX = " [live sniffer]"
 
 
 @dataclass(frozen=True)
 class CaptureData:
     name: str
-    group: str  # "generated" or "shared"
+    group: str  # "generated", "netns" (real tools in namespaces) or "shared"
     split: str  # "train" or "test"
     sha256: str
     x: np.ndarray
@@ -48,11 +55,18 @@ def load_capture(
     attackers: dict[str, str],
     ignore: set[str],
     victims: dict[str, str] | None = None,
+    benign: set[str] | None = None,
+    flows: FlowSettings | None = None,
+    name: str | None = None,
 ) -> CaptureData:
-    """Extract flows from one capture and label them."""
+    """Extract flows from one capture and label them.
+
+    With `benign`, only flows sent by an attacker or a benign address are kept (a namespace capture
+    also holds the victim's ICMP errors and IPv6 link-local chatter, which no namespace "sent").
+    `flows` replaces the extractor's flow settings (timeouts, close linger)."""
     from services.sniffer.flows import extract_flows
 
-    ex = extract_flows([path])
+    ex = extract_flows([path], SnifferSettings(flows=flows) if flows is not None else None)
     if ex.error is not None:
         raise ex.error
     c = DetectorSettings().context
@@ -62,7 +76,9 @@ def load_capture(
     kinds, srcs, keep = [], [], []
     for rec in records:
         src, dst = ip_text(rec.key.src_addr), ip_text(rec.key.dst_addr)
-        keep.append(src not in ignore or src in attackers)
+        keep.append(
+            (src not in ignore or src in attackers) and (benign is None or src in attackers or src in benign)
+        )
         if src in attackers:
             kinds.append(attackers[src])
         elif victims and dst in victims:
@@ -72,7 +88,7 @@ def load_capture(
         srcs.append(src)
     mask = np.asarray(keep, dtype=bool)
     return CaptureData(
-        path.name,
+        name or path.name,
         group,
         split,
         sha256_path(path),
@@ -90,6 +106,28 @@ def load_generated(folder: Path) -> list[CaptureData]:
         )
         for item in labels
     ]
+
+
+def load_netns(folder: Path) -> list[CaptureData]:
+    """The real-tool namespace captures, each extracted twice: with the sniffer's default flow
+    settings and with the live lab's short close linger and half-open timeout (LIVE_FLOWS)."""
+    labels = json.loads((folder / "labels.json").read_text())
+    out = []
+    for item in labels:
+        for flows, suffix in ((None, ""), (LIVE_FLOWS, LIVE_SUFFIX)):
+            out.append(
+                load_capture(
+                    folder / item["file"],
+                    "netns",
+                    item["split"],
+                    dict(item["attackers"]),
+                    set(item["ignore"]),
+                    benign=set(item["benign"]),
+                    flows=flows,
+                    name=item["file"] + suffix,
+                )
+            )
+    return out
 
 
 def load_shared(folder: Path) -> list[CaptureData]:

@@ -1,7 +1,8 @@
 """`make train`: captures -> features -> four LightGBM detectors -> models/<name>/ + cards.
 
 Steps (all seeds fixed, every input's sha256 recorded in models/training.json):
-1. generate the labelled training captures (services/ml_detector/train/generate.py);
+1. generate the labelled training captures (services/ml_detector/train/generate.py) and, as root,
+   capture real tools in network namespaces (netns_capture.py; held out: ns-mixed-2, ns-benign-1);
 2. extract flows with the sniffer's extractor and build the detector's feature rows;
 3. evaluate on held-out generated captures (split by capture: seed 3 of every attack kind and 3
    benign-only captures are never trained on), and leave-one-capture-out on the shared captures
@@ -15,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +30,13 @@ import numpy as np
 from services.ml_detector.config import MODEL_NAMES
 from services.ml_detector.models import MODEL_FEATURES, sha256_file
 from services.ml_detector.onnx_export import lightgbm_to_onnx
-from services.ml_detector.train.dataset import CaptureData, load_generated, load_shared
+from services.ml_detector.train.dataset import (
+    LIVE_SUFFIX,
+    CaptureData,
+    load_generated,
+    load_netns,
+    load_shared,
+)
 from services.ml_detector.train.generate import generate
 from services.ml_detector.train.scenarios import ATTACK_MODELS
 
@@ -182,6 +191,10 @@ def evaluate(boosters: dict[str, lgb.Booster], caps: Sequence[CaptureData]) -> d
                 "capture": c.name,
                 "split": c.split,
                 "flows": len(c.x),
+                "attack_flows": int((~ben).sum()),
+                "attack_flows_flagged": int((flagged & ~ben).sum()),
+                "benign_flows": int(ben.sum()),
+                "benign_flows_flagged": int((flagged & ben).sum()),
                 "attackers": attackers,
                 "attackers_flagged": caught,
                 "benign_addresses_flagged": false_addr,
@@ -195,6 +208,34 @@ def evaluate(boosters: dict[str, lgb.Booster], caps: Sequence[CaptureData]) -> d
         "captures": captures,
         "benign_flow_fpr_any_model": round(ben_fp / ben_tot, 5) if ben_tot else 0.0,
     }
+
+
+_F = {n: MODEL_FEATURES.index(n) for n in MODEL_FEATURES}
+
+
+def short_benign_flows(boosters: dict[str, lgb.Booster], caps: Sequence[CaptureData]) -> dict[str, Any]:
+    """Benign TCP flows a live sniffer with short lingers cuts off on their own (the trailing ACK of a
+    FIN exchange, RST-only flows, half-open SYNs) and how many of them any model flags."""
+    out: dict[str, Any] = {}
+    for c in caps:
+        if not len(c.x):
+            continue
+        x = c.x
+        mx = np.max(np.vstack([np.asarray(b.predict(x, num_threads=2)) for b in boosters.values()]), axis=0)
+        tcp, ben = x[:, _F["protocol"]] == 6, c.kind == ""
+        syn, rst = x[:, _F["bidirectional_syn_packets"]], x[:, _F["bidirectional_rst_packets"]]
+        pk, back = x[:, _F["bidirectional_packets"]], x[:, _F["dst2src_packets"]]
+        shapes = {
+            "trailing_ack": (pk == 1) & (syn == 0) & (rst == 0),
+            "rst_only": (syn == 0) & (rst > 0) & (pk <= 2),
+            "half_open_syn": (syn > 0) & (back == 0),
+        }
+        for shape, m in shapes.items():
+            sel = tcp & ben & m
+            acc = out.setdefault(shape, {"flows": 0, "flagged": 0})
+            acc["flows"] += int(sel.sum())
+            acc["flagged"] += int((sel & (mx >= DROP)).sum())
+    return out
 
 
 def _sample(boosters: dict[str, lgb.Booster], caps: Sequence[CaptureData], n: int = 32) -> np.ndarray:
@@ -212,9 +253,56 @@ def _sample(boosters: dict[str, lgb.Booster], caps: Sequence[CaptureData], n: in
     return np.asarray(rows[np.sort(pick)])
 
 
+def real_tool_captures(work: Path, quick: bool = False) -> tuple[list[CaptureData], dict[str, Any]]:
+    """The namespace captures (services/ml_detector/train/netns_capture.py), or none with the reason.
+
+    Without root or the tools the models are trained on crafted and public data only; that is
+    logged loudly and written into training.json and every card."""
+    from services.ml_detector.train import netns_capture as nc
+
+    why = nc.unavailable()
+    if why is None:
+        try:
+            plans = nc.plan(scale=0.3) if quick else nc.plan()
+            if quick:
+                plans = [p for p in plans if p.name in ("ns-mixed-0", "ns-benign-1")]
+            labels = nc.generate(work / "netns", plans)
+            caps = load_netns(work / "netns")
+            info = {
+                "used": True,
+                "captures": [
+                    {
+                        k: v
+                        for k, v in lb.items()
+                        if k in ("file", "split", "sha256", "attackers", "tool_exits")
+                    }
+                    for lb in labels
+                ],
+            }
+            return caps, info
+        except (nc.NetnsError, OSError, subprocess.SubprocessError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+    log.warning(
+        "NO REAL-TOOL DATA: training on crafted and public captures only",
+        extra={"reason": why, "fix": "run `make train` as root with nmap, hping3, curl, openssl, dumpcap"},
+    )
+    print(
+        f"mld-train: WARNING: no real-tool namespace captures ({why}); crafted + public data only",
+        file=sys.stderr,
+    )
+    return [], {"used": False, "reason": why}
+
+
 def run(
-    out_models: Path, work: Path, shared: Path | None, cfg: TrainConfig, quick: bool = False
+    out_models: Path,
+    work: Path,
+    shared: Path | None,
+    cfg: TrainConfig,
+    quick: bool = False,
+    netns: bool = False,
 ) -> dict[str, Any]:
+    """With `netns`, real-tool captures from network namespaces join the data (root only; else a
+    loud fallback to crafted + public data)."""
     t0 = time.monotonic()
     cap_dir = work / "captures"
     if quick:
@@ -233,25 +321,41 @@ def run(
         labels = generate(cap_dir)
     log.info("captures generated", extra={"captures": len(labels), "s": round(time.monotonic() - t0, 1)})
     gen = load_generated(cap_dir)
+    if netns:
+        real, real_info = real_tool_captures(work, quick)
+        log.info("real-tool captures", extra={"captures": len(real), "s": round(time.monotonic() - t0, 1)})
+    else:
+        real, real_info = [], {"used": False, "reason": "not requested (--no-netns or --quick)"}
     sh = load_shared(shared) if shared is not None and (shared / "TRUTH.json").exists() else []
     log.info(
         "features built",
-        extra={"rows": int(sum(len(c.x) for c in gen + sh)), "s": round(time.monotonic() - t0, 1)},
+        extra={"rows": int(sum(len(c.x) for c in gen + real + sh)), "s": round(time.monotonic() - t0, 1)},
     )
-    train_caps = [c for c in gen if c.split == "train"] + sh
+    gen_train = [c for c in gen + real if c.split == "train"]
+    train_caps = gen_train + sh
     test_caps = [c for c in gen if c.split == "test"]
+    real_test = [c for c in real if c.split == "test"]
     boosters = {m: fit(train_caps, m, cfg) for m in MODEL_NAMES}
     log.info("models trained", extra={"s": round(time.monotonic() - t0, 1)})
     held_out = evaluate(boosters, test_caps)
+    held_out_real = {
+        variant: evaluate(boosters, [c for c in real_test if c.name.endswith(LIVE_SUFFIX) == live])
+        for variant, live in (("default", False), ("live", True))
+        if real_test
+    }
+    for variant, live in (("default", False), ("live", True)):
+        if variant in held_out_real:
+            held_out_real[variant]["short_benign_flows"] = short_benign_flows(
+                boosters, [c for c in real_test if c.name.endswith(LIVE_SUFFIX) == live]
+            )
     loco: list[dict[str, Any]] = []
     if not quick:
-        gen_train = [c for c in gen if c.split == "train"]
         for i, c in enumerate(sh):
             others = gen_train + sh[:i] + sh[i + 1 :]
             bs = {m: fit(others, m, cfg) for m in MODEL_NAMES}
             loco.extend(evaluate(bs, [c])["captures"])
         log.info("leave-one-capture-out done", extra={"s": round(time.monotonic() - t0, 1)})
-    sample = _sample(boosters, test_caps or train_caps)
+    sample = _sample(boosters, test_caps + real_test or train_caps)
     report: dict[str, Any] = {
         "command": "make train  (= .venv/bin/python -m services.ml_detector.train)",
         "seed": SEED,
@@ -268,9 +372,11 @@ def run(
                 "flows": len(c.x),
                 "attack_flows": int((c.kind != "").sum()),
             }
-            for c in gen + sh
+            for c in gen + real + sh
         ],
+        "netns": real_info,
         "held_out": held_out,
+        "held_out_real_tools": held_out_real,
         "shared_leave_one_capture_out": loco,
         "versions": {
             "lightgbm": lgb.__version__,
