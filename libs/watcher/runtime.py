@@ -97,6 +97,7 @@ class ConfigRuntime(Generic[M]):
         self.manage_log_level = manage_log_level
         self.emit = emit
         self.revision = 0
+        self.applied_ns = 0  # wall clock when the settings in force were swapped in (benchmarks)
         self.applying_revision = 0
         self.seen_revision = 0
         self.source: Source = source or ("file" if from_file else "defaults")
@@ -353,6 +354,8 @@ class ConfigRuntime(Generic[M]):
                 self._mark_seen(max(revision, read_revision))
                 return
         self._current = new
+        if hot:
+            self.applied_ns = time.time_ns()  # before cache, log and status: what an observer times
         if self.manage_log_level:
             self._apply_log_level(old, new)
         prev_revision = self.revision
@@ -449,6 +452,7 @@ class ConfigRuntime(Generic[M]):
             "pending_restart": list(self.pending_restart),
             "changed": [c.path for c in changes],
             "source": self.source,
+            "applied_ns": self.applied_ns,
             "time": time.time(),
         }
         try:

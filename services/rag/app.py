@@ -134,6 +134,15 @@ class RagService:
         core.settings = new
         self.settings = new
 
+    def _pause(self, start: float) -> None:
+        """Wait one poll interval, re-reading it every 0.25 s: an interval shortened live (etcd)
+        takes effect within that, not after a long interval set earlier has run out."""
+        while not self.stop.is_set():
+            left = self.settings.ingest.poll_interval_ms / 1000 - (time.monotonic() - start)
+            if left <= 0:
+                return
+            self.stop.wait(min(left, 0.25))
+
     def run(self) -> None:
         s = self.settings
         build_info(SERVICE, package_version(), s.node_id)
@@ -170,7 +179,7 @@ class RagService:
                     pass
                 else:
                     self._do_rebuild(reply)
-                self.stop.wait(self.settings.ingest.poll_interval_ms / 1000)
+                self._pause(time.monotonic())
         finally:
             self.stop.set()
             if self.server is not None:

@@ -3,16 +3,14 @@ and changes the decision of the next flow; an invalid document leaves it decidin
 
 from __future__ import annotations
 
+import contextlib
 import json
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.etcd import EtcdServer
+from fixtures.etcd import EtcdServer, ServiceProcess, TcpProxy, config_key, read_status
 
 from helpers import REPO, free_port, wait_for
 from libs.common.events import enum_name, ip_bytes
@@ -21,8 +19,7 @@ from ml_defender.v1 import detection_pb2, flow_pb2
 
 pytestmark = pytest.mark.integration
 NODE = "det-test"
-KEY = "/ml-defender/v1/config/ml-detector"
-STATUS = f"/ml-defender/v1/status/{NODE}/ml-detector/config"
+KEY = config_key("ml-detector")
 
 
 def batch(seq: int) -> flow_pb2.FlowBatch:
@@ -43,12 +40,9 @@ def batch(seq: int) -> flow_pb2.FlowBatch:
     )
 
 
-@pytest.fixture
-def detector(etcd_server: EtcdServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    if not (REPO / "models" / "ddos" / "model.txt").exists():
-        pytest.skip("trained models not present (make train)")
+def detector_config() -> dict[str, Any]:
     ports = {name: free_port() for name in ("input", "firewall", "rag_logger")}
-    cfg = {
+    return {
         "node_id": NODE,
         "input": {"endpoint": f"tcp://127.0.0.1:{ports['input']}"},
         "firewall": {"endpoint": f"tcp://127.0.0.1:{ports['firewall']}"},
@@ -56,7 +50,13 @@ def detector(etcd_server: EtcdServer, tmp_path: Path) -> Iterator[dict[str, Any]
         "metrics": {"port": 0},
         "batch": {"max_wait_ms": 1},
     }
-    (tmp_path / "det.json").write_text(json.dumps(cfg))
+
+
+@contextlib.contextmanager
+def peers(cfg: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The detector's neighbours, bound by the test: a sniffer PUSH and firewall/rag-logger PULLs."""
+    if not (REPO / "models" / "ddos" / "model.txt").exists():
+        pytest.skip("trained models not present (make train)")
     sniffer = Pusher("test", SocketSettings(endpoint=cfg["input"]["endpoint"], bind=True))
     firewall = Puller(
         "test",
@@ -68,48 +68,23 @@ def detector(etcd_server: EtcdServer, tmp_path: Path) -> Iterator[dict[str, Any]
         SocketSettings(endpoint=cfg["rag_logger"]["endpoint"], bind=True),
         {"ml_defender.v1.DetectionEvent": detection_pb2.DetectionEvent},
     )
-    log = open(tmp_path / "detector.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.ml_detector",
-            "run",
-            "--config",
-            str(tmp_path / "det.json"),
-            "--etcd",
-            etcd_server.url,
-            "--config-cache",
-            str(tmp_path / "cache"),
-            "--config-events",
-            "",
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        wait_for(
-            lambda: proc.poll() is None and etcd_server.ctl("get", STATUS, "--print-value-only").strip(),
-            60,
-            what="detector up and reporting to etcd",
-        )
-        yield {"proc": proc, "sniffer": sniffer, "firewall": firewall, "log": tmp_path / "detector.log"}
+        yield {"sniffer": sniffer, "firewall": firewall}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        log.close()
         for s in (sniffer, firewall, rag):
             s.close()
 
 
+@pytest.fixture
+def detector(etcd_server: EtcdServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    cfg = detector_config()
+    with peers(cfg) as d, ServiceProcess("ml-detector", cfg, tmp_path, etcd_server) as proc:
+        wait_for(lambda: proc.alive() and status(etcd_server), 60, what="detector up and reporting to etcd")
+        yield dict(d, proc=proc)
+
+
 def decide(d: dict[str, Any], seq: int) -> detection_pb2.DetectionEvent:
-    assert d["proc"].poll() is None, d["log"].read_text()[-3000:]
+    d["proc"].alive()
     # no peer yet (the detector loads its models after reading etcd): a PUSH without peers keeps nothing
     wait_for(lambda: d["sniffer"].send(batch(seq)), 60, what="detector connected to the sniffer endpoint")
     ev = wait_for(lambda: d["firewall"].recv(100), 20, what=f"event for flow {seq}")
@@ -118,22 +93,23 @@ def decide(d: dict[str, Any], seq: int) -> detection_pb2.DetectionEvent:
 
 
 def status(server: EtcdServer) -> dict[str, Any]:
-    return json.loads(server.ctl("get", STATUS, "--print-value-only"))
+    return read_status(server, NODE, "ml-detector")
+
+
+def flip(ev: detection_pb2.DetectionEvent) -> tuple[dict[str, float], str]:
+    """Thresholds on the other side of this flow's score, and the decision they give it."""
+    f = ev.final_score
+    if f >= ev.thresholds.drop:
+        return {"drop": round((f + 1.0) / 2, 6), "alert": 0.0}, "ALERT"
+    return {"drop": round(f / 2, 6), "alert": 0.0}, "DROP"
 
 
 def test_etcdctl_threshold_changes_next_decision_of_running_detector(
     etcd_server: EtcdServer, detector: dict[str, Any]
 ) -> None:
     first = decide(detector, 1)
-    f = first.final_score
     before = enum_name(detection_pb2.Decision, first.decision)
-    # a drop threshold on the other side of this flow's score flips DROP <-> not DROP
-    if f >= first.thresholds.drop:
-        new = {"drop": round((f + 1.0) / 2, 6), "alert": 0.0}
-        expected = "ALERT"
-    else:
-        new = {"drop": round(f / 2, 6), "alert": 0.0}
-        expected = "DROP"
+    new, expected = flip(first)  # a drop threshold that flips DROP <-> not DROP for this flow
     assert before != expected
     etcd_server.ctl("put", KEY, json.dumps({"thresholds": new}))
     wait_for(
@@ -152,5 +128,40 @@ def test_etcdctl_threshold_changes_next_decision_of_running_detector(
     wait_for(lambda: status(etcd_server)["result"] == "REJECTED", 10, what="rejection")
     assert "thresholds.drop" in status(etcd_server)["error"]
     ev = decide(detector, 3)
-    assert enum_name(detection_pb2.Decision, ev.decision) == expected and detector["proc"].poll() is None
-    assert "rejected" in detector["log"].read_text()
+    assert enum_name(detection_pb2.Decision, ev.decision) == expected and detector["proc"].alive()
+    assert "rejected" in detector["proc"].log_text()
+
+
+def test_detector_decides_through_an_etcd_outage_and_restarts_from_the_cache(
+    etcd_server: EtcdServer, etcd_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """The detector reaches etcd through a relay the test cuts: an edit made during the outage is
+    applied on reconnect; a restart while etcd is unreachable starts from the cached edit."""
+    cfg = detector_config()
+
+    def decision(d: dict[str, Any], seq: int) -> str:
+        return enum_name(detection_pb2.Decision, decide(d, seq).decision)
+
+    with peers(cfg) as d:
+        with ServiceProcess("ml-detector", cfg, tmp_path, etcd_server, url=etcd_proxy.url) as proc:
+            wait_for(lambda: proc.alive() and status(etcd_server), 60, what="detector reporting to etcd")
+            first = decide(dict(d, proc=proc), 1)
+            before = enum_name(detection_pb2.Decision, first.decision)
+            new, expected = flip(first)
+            etcd_proxy.cut()
+            wait_for(lambda: "etcd watch lost" in proc.log_text(), 10, what="outage noticed")
+            rev = status(etcd_server)["revision"]
+            etcd_server.ctl("put", KEY, json.dumps({"thresholds": new}))  # the service cannot see it
+            assert decision(dict(d, proc=proc), 2) == before  # keeps deciding, on the old values
+            etcd_proxy.restore()
+            wait_for(
+                lambda: status(etcd_server).get("revision", 0) > rev, 15, what="edit applied on reconnect"
+            )
+            assert decision(dict(d, proc=proc), 3) == expected
+        etcd_proxy.cut()  # etcd unreachable for the restart
+        with ServiceProcess(
+            "ml-detector", cfg, tmp_path, etcd_server, url=etcd_proxy.url, log_name="restart"
+        ) as proc:
+            wait_for(proc.alive, 5, what="detector restarted")
+            assert decision(dict(d, proc=proc), 4) == expected  # the cached edit, not the file's defaults
+            assert "cached last good configuration" in proc.log_text()

@@ -137,20 +137,30 @@ def test_invalid_document_rejected_with_reason(
         rt.stop()
 
 
-def test_wrong_key_for_encrypted_envelope_rejected(etcd_server: EtcdServer, tmp_path: Path) -> None:
+def test_wrong_key_for_encrypted_envelope_rejected(
+    etcd_server: EtcdServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     generate_key(tmp_path / "service.key")
     generate_key(tmp_path / "other.key")
     writer = EtcdClient(etcd_server.url, key_file=tmp_path / "other.key")
     rt = runtime(etcd_server.url, tmp_path, key_file=tmp_path / "service.key")
+    worker = None
     try:
         rt.start()
-        writer.set(f"config/{SERVICE}", {"thresholds": {"drop": 0.1}}, encrypt=True)
-        wait_for(lambda: status(etcd_server)["result"] == "REJECTED", 5, what="rejection")
+        worker = Worker(rt)
+        with caplog.at_level(logging.ERROR, logger="libs.watcher.runtime"):
+            writer.set(f"config/{SERVICE}", {"thresholds": {"drop": 0.1}}, encrypt=True)
+            wait_for(lambda: status(etcd_server)["result"] == "REJECTED", 5, what="rejection")
         assert "wrong key" in status(etcd_server)["error"] and rt.current.thresholds.drop == 0.7
+        assert any("wrong key" in r.getMessage() for r in caplog.records)
+        before = worker.done
+        wait_for(lambda: worker.done > before + 5, 5, what="worker still processing")
         right = EtcdClient(etcd_server.url, key_file=tmp_path / "service.key")
         right.set(f"config/{SERVICE}", {"thresholds": {"drop": 0.2}}, encrypt=True, compress=True)
         wait_for(lambda: rt.current.thresholds.drop == 0.2, 5, what="sealed value applied")
     finally:
+        if worker:
+            worker.close()
         rt.stop()
 
 

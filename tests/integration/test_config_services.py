@@ -5,7 +5,6 @@ ConfigRuntime sends (here its own) as artifacts."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.etcd import EtcdServer
+from fixtures.etcd import EtcdServer, ServiceProcess, config_key, read_status
 
 from helpers import REPO, free_port, wait_for
 from libs.common.events import ip_bytes
@@ -22,8 +21,7 @@ from ml_defender.v1 import detection_pb2, flow_pb2
 
 pytestmark = pytest.mark.integration
 NODE = "rl-test"
-KEY = "/ml-defender/v1/config/rag-logger"
-STATUS = f"/ml-defender/v1/status/{NODE}/rag-logger/config"
+KEY = config_key("rag-logger")
 
 
 def event(n: int) -> detection_pb2.DetectionEvent:
@@ -55,8 +53,7 @@ def not_kept(port: int) -> float:
 
 
 def status(server: EtcdServer) -> dict[str, Any]:
-    out = server.ctl("get", STATUS, "--print-value-only").strip()
-    return json.loads(out) if out else {}
+    return read_status(server, NODE, "rag-logger")
 
 
 def verify(root: Path) -> dict[str, Any]:
@@ -80,47 +77,19 @@ def test_rag_logger_keep_policy_from_etcd_applied_live(etcd_server: EtcdServer, 
         "metrics": {"port": metrics_port},
         "artifacts_root": str(root),
     }
-    (tmp_path / "rl.json").write_text(json.dumps(cfg))
     etcd_server.ctl("put", KEY, json.dumps({"keep": {"keep_all": False, "final_min": 0.7}}))
-    log = open(tmp_path / "rl.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.rag_logger",
-            "run",
-            "--config",
-            str(tmp_path / "rl.json"),
-            "--etcd",
-            etcd_server.url,
-            "--config-cache",
-            str(tmp_path / "cache"),
-            "--config-events",
-            endpoint,
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     pusher = Pusher("test", SocketSettings(endpoint=endpoint))
     try:
-        wait_for(lambda: proc.poll() is None and status(etcd_server), 30, what="rag-logger reporting to etcd")
-        assert pusher.send(event(1))  # final 0.1 < 0.7 and keep_all off: not kept
-        wait_for(lambda: not_kept(metrics_port) == 1, 10, what="event 1 judged by the old policy")
-        etcd_server.ctl("put", KEY, json.dumps({"keep": {"keep_all": True, "final_min": 0.7}}))
-        wait_for(lambda: status(etcd_server).get("changed") == ["keep.keep_all"], 10, what="edit applied")
-        assert pusher.send(event(2))
-        wait_for(lambda: verify(root).get("events") == 1, 20, what="event 2 kept after the live edit")
-        # the ConfigChange of that edit reached the rag-logger and became an artifact too
-        wait_for(lambda: verify(root).get("configs", 0) >= 1, 20, what="ConfigChange artifact")
-        assert proc.poll() is None
+        with ServiceProcess("rag-logger", cfg, tmp_path, etcd_server, events=endpoint) as proc:
+            wait_for(lambda: proc.alive() and status(etcd_server), 30, what="rag-logger reporting to etcd")
+            assert pusher.send(event(1))  # final 0.1 < 0.7 and keep_all off: not kept
+            wait_for(lambda: not_kept(metrics_port) == 1, 10, what="event 1 judged by the old policy")
+            etcd_server.ctl("put", KEY, json.dumps({"keep": {"keep_all": True, "final_min": 0.7}}))
+            wait_for(lambda: status(etcd_server).get("changed") == ["keep.keep_all"], 10, what="edit applied")
+            assert pusher.send(event(2))
+            wait_for(lambda: verify(root).get("events") == 1, 20, what="event 2 kept after the live edit")
+            # the ConfigChange of that edit reached the rag-logger and became an artifact too
+            wait_for(lambda: verify(root).get("configs", 0) >= 1, 20, what="ConfigChange artifact")
+            assert proc.alive()
     finally:
         pusher.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        log.close()
