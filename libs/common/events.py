@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import operator
 import os
+import socket
 import struct
 import threading
 import time
@@ -53,6 +55,8 @@ def uuid7_time_ns(event_id: str) -> int:
 
 def ip_text(addr: bytes) -> str:
     """4 or 16 network-order bytes as the usual text form; '' for an empty address."""
+    if len(addr) == 4:  # inet_ntop gives ipaddress' text for IPv4 at a fifth of the cost
+        return socket.inet_ntop(socket.AF_INET, addr)
     if not addr:
         return ""
     return str(ipaddress.ip_address(addr))
@@ -85,12 +89,16 @@ def community_id(src: bytes, dst: bytes, sport: int, dport: int, proto: int, see
 
 
 def rfc3339(ns: int) -> str:
-    """ns since the epoch as RFC 3339 UTC with microseconds."""
-    dt = datetime.fromtimestamp(ns / 1e9, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ns since the epoch as RFC 3339 UTC with microseconds.
+
+    Same text as strftime("%Y-%m-%dT%H:%M:%S.%fZ") (int64 ns only reach years 1677-2262, always four
+    digits) at a third of the cost; the float division keeps its rounding of the microseconds.
+    """
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 _ENUM_PREFIX: dict[str, str] = {}
+_ENUM_SHORT: dict[int, dict[int, str]] = {}  # id(enum wrapper) -> value -> short name
 
 
 def _enum_prefix(enum: Any) -> str:
@@ -104,10 +112,17 @@ def _enum_prefix(enum: Any) -> str:
 
 
 def enum_name(enum: Any, value: int) -> str:
-    """`DECISION_DROP` -> `DROP`: the enum's own prefix removed."""
-    name: str = enum.Name(value)
-    prefix = _enum_prefix(enum)
-    return name[len(prefix) :] if name.startswith(prefix) else name
+    """`DECISION_DROP` -> `DROP`: the enum's own prefix removed (cached per value: hot path)."""
+    names = _ENUM_SHORT.get(id(enum))
+    if names is None:
+        names = _ENUM_SHORT.setdefault(id(enum), {})
+    short = names.get(value)
+    if short is None:
+        name: str = enum.Name(value)  # ValueError for an unknown value, as before
+        prefix = _enum_prefix(enum)
+        short = name[len(prefix) :] if name.startswith(prefix) else name
+        names[value] = short
+    return short
 
 
 def enum_value(enum: Any, short: str) -> int:
@@ -119,11 +134,12 @@ def enum_value(enum: Any, short: str) -> int:
 
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in flow_pb2.FlowFeatures.DESCRIPTOR.fields)
+_FEATURE_VALUES = operator.attrgetter(*FEATURE_NAMES)  # one C call for all fields
 
 
 def features_dict(features: flow_pb2.FlowFeatures) -> dict[str, float | int]:
     """Every feature by name (zeros included: a model's input is the full vector)."""
-    return {name: getattr(features, name) for name in FEATURE_NAMES}
+    return dict(zip(FEATURE_NAMES, _FEATURE_VALUES(features), strict=True))
 
 
 def flow_dict(flow: flow_pb2.FlowRecord) -> dict[str, Any]:
@@ -150,9 +166,13 @@ def event_to_dict(ev: detection_pb2.DetectionEvent) -> dict[str, Any]:
     """The JSON form of an event: stable top-level fields first, then the details."""
     flow = flow_dict(ev.flow)
     ts = ev.timestamps
+    th = ev.thresholds
+    # protobuf maps iterate their items() in Python; keys and lookups stay in C
+    scores = ev.ml_scores
+    versions = ev.model_versions
     doc: dict[str, Any] = {
         "event_id": ev.event_id,
-        "timestamp": rfc3339(ev.flow.last_seen_ns),
+        "timestamp": flow["last_seen"],  # the same instant
         "src_ip": flow["src_ip"],
         "dst_ip": flow["dst_ip"],
         "src_port": flow["src_port"],
@@ -161,7 +181,7 @@ def event_to_dict(ev: detection_pb2.DetectionEvent) -> dict[str, Any]:
         "community_id": ev.flow.community_id,
         "fast_score": round(ev.fast_score, 6),
         "ml_score": round(ev.ml_score, 6),
-        "ml_scores": {k: round(v, 6) for k, v in sorted(ev.ml_scores.items())},
+        "ml_scores": {k: round(scores[k], 6) for k in sorted(scores)},  # map keys are unique
         "final_score": round(ev.final_score, 6),
         "divergence": round(ev.divergence, 6),
         "classification": enum_name(detection_pb2.Classification, ev.classification),
@@ -181,14 +201,14 @@ def event_to_dict(ev: detection_pb2.DetectionEvent) -> dict[str, Any]:
             for c in ev.explanation
         ],
         "flow": flow,
-        "model_versions": dict(sorted(ev.model_versions.items())),
+        "model_versions": {k: versions[k] for k in sorted(versions)},
         "config_revision": ev.config_revision,
         "thresholds": {
-            "drop": ev.thresholds.drop,
-            "alert": ev.thresholds.alert,
-            "divergence": ev.thresholds.divergence,
-            "rag_final": ev.thresholds.rag_final,
-            "consensus_ml": ev.thresholds.consensus_ml,
+            "drop": th.drop,
+            "alert": th.alert,
+            "divergence": th.divergence,
+            "rag_final": th.rag_final,
+            "consensus_ml": th.consensus_ml,
         },
         "stage_ns": {
             "captured": ts.captured_ns,

@@ -7,6 +7,7 @@ every other field needs a restart (sockets, metrics endpoint, artifacts root, qu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,7 +37,12 @@ class CommitSettings(BaseModel):
     max_batch_events: int = Field(512, ge=1, le=100_000)
     max_delay_ms: float = Field(5.0, ge=0.0, le=1000.0, description="wait this long for a batch to fill")
     fsync: bool = Field(True, description="fsync files and directories; false only for benchmarks")
-    io_threads: int = Field(8, ge=1, le=64, description="threads creating and syncing a batch's temp files")
+    sync_method: Literal["syncfs", "fdatasync"] = Field(
+        "syncfs",
+        description="make a batch's file data durable with one syncfs (fast on a filesystem of its own) "
+        "or one fdatasync per file (when the filesystem is shared with heavy writers)",
+    )
+    io_threads: int = Field(8, ge=1, le=64, description="threads syncing files with sync_method fdatasync")
 
 
 class StorageSettings(BaseModel):

@@ -10,6 +10,7 @@ bound; beyond it events are dropped and counted by reason.
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import threading
 import time
@@ -29,6 +30,32 @@ from services.rag_logger.store import ArtifactStore
 log = logging.getLogger(__name__)
 Clock = Callable[[], int]
 OnCommit = Callable[[list[Record]], None]
+TRIM_AFTER_BACKLOG_EVENTS = 256  # a drained backlog at least this deep hands its free memory back
+TRIM_MIN_INTERVAL_S = 5.0  # a trim after a deep backlog takes 20-40 ms; not more often than this
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the kernel (glibc malloc_trim); False when unavailable.
+
+    A backlog holds thousands of multi-KB pair buffers (glibc, not Python's small-object allocator)
+    at once; once they are freed, glibc keeps most of those pages because later allocations sit
+    above them in the heap, so RSS would step up after every backlog without this.
+    """
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 class LoggerCore:
@@ -56,6 +83,7 @@ class LoggerCore:
             s.jsonl.fsync,
             s.jsonl.max_open_files,
             s.commit.io_threads,
+            s.commit.sync_method,
         )
         self._queue: collections.deque[Record] = collections.deque()
         self._cond = threading.Condition()
@@ -68,6 +96,9 @@ class LoggerCore:
         self.unwritten = 0
         self._refused = 0
         self._refused_log_at = 0.0
+        self._backlog_peak = 0  # deepest queue since the last memory trim
+        self._trimmed_at = 0.0
+        self.memory_trims = 0
         m.QUEUE_CAPACITY.set(self.capacity)
         m.QUEUE_DEPTH.set(0)
         m.BLOCKED.set(0)
@@ -162,7 +193,10 @@ class LoggerCore:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            n = min(len(self._queue), commit.max_batch_events)
+            depth = len(self._queue)
+            if depth > self._backlog_peak:
+                self._backlog_peak = depth
+            n = min(depth, commit.max_batch_events)
             batch = [self._queue.popleft() for _ in range(n)]
             if self._queue:
                 self._first_arrival = self._queue[0].accepted
@@ -185,6 +219,8 @@ class LoggerCore:
                         break
                     continue
                 self._write(batch)
+                del batch  # before a trim, so the last batch's buffers are free too
+                self._trim_after_backlog()
         except BaseException as exc:  # a bug: say so loudly and let the service stop (and be restarted)
             self.failed = exc
             with self._cond:
@@ -209,7 +245,9 @@ class LoggerCore:
         drain_deadline: float | None = None
         while True:
             s = self._settings
-            self.store.configure(s.commit.fsync, s.jsonl.enabled, s.jsonl.fsync, s.jsonl.max_open_files)
+            self.store.configure(
+                s.commit.fsync, s.jsonl.enabled, s.jsonl.fsync, s.jsonl.max_open_files, s.commit.sync_method
+            )
             self._rotate()
             t0 = time.perf_counter()
             try:
@@ -250,6 +288,18 @@ class LoggerCore:
         if self.on_commit is not None:
             self.on_commit(result.written)
         self.store.append_jsonl(result.written)
+
+    def _trim_after_backlog(self) -> None:
+        """Once a deep backlog has drained, hand the heap pages its buffers used back to the kernel."""
+        if self._backlog_peak < TRIM_AFTER_BACKLOG_EVENTS or self._queue:
+            return
+        now = time.monotonic()
+        if now - self._trimmed_at >= TRIM_MIN_INTERVAL_S:
+            self._backlog_peak = 0
+            self._trimmed_at = now
+            if release_free_memory():
+                self.memory_trims += 1
+                m.MEMORY_TRIMS.inc()
 
     def _check_space(self, min_free: int) -> None:
         if min_free <= 0:

@@ -1,24 +1,79 @@
-"""Low-level durable file operations: a new file written in full, directory fsync, free space."""
+"""Low-level durable file operations: new files, anonymous temp files, syncfs, directory fsync."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+# O_TMPFILE: a file with no name until linkat() gives it one, so a crash leaves no temp file at all.
+O_TMPFILE: int = getattr(os, "O_TMPFILE", 0o20200000 | os.O_DIRECTORY)
+_OPEN_ANON = O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+_AT_FDCWD = -100
+_AT_SYMLINK_FOLLOW = 0x400
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syncfs = _libc.syncfs
+_syncfs.argtypes = [ctypes.c_int]
+_syncfs.restype = ctypes.c_int
+_linkat = _libc.linkat
+_linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_linkat.restype = ctypes.c_int
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def write_new(path: str, data: bytes) -> int:
     """Create (or truncate) `path`, write all of `data`, and return the still-open descriptor."""
     fd = os.open(path, _OPEN_NEW, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        n = os.write(fd, data)
+        if n != len(data):
+            write_all(fd, memoryview(data)[n:])
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def write_anon(directory: str, data: bytes) -> int:
+    """An unnamed file in `directory` (O_TMPFILE) holding `data`; open descriptor returned."""
+    fd = os.open(directory, _OPEN_ANON, 0o644)
+    try:
+        n = os.write(fd, data)
+        if n != len(data):
+            write_all(fd, memoryview(data)[n:])
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def link_fd(fd: int, path: str) -> None:
+    """Give the O_TMPFILE file `fd` the name `path` (FileExistsError when the name is taken).
+
+    linkat via /proc/self/fd needs no privilege (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
+    """
+    if _linkat(_AT_FDCWD, b"/proc/self/fd/%d" % fd, _AT_FDCWD, os.fsencode(path), _AT_SYMLINK_FOLLOW):
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), path)
+        raise OSError(err, os.strerror(err), path)
+
+
+def syncfs(fd: int) -> None:
+    """Write back and commit everything dirty on the filesystem holding `fd` (one call per group).
+
+    Errors of write-back since `fd` was opened are reported (Linux >= 5.8), so open it first.
+    """
+    if _syncfs(fd):
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs: {os.strerror(err)}")
 
 
 def fsync_dir(path: str) -> None:
@@ -28,6 +83,10 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_dir(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def free_bytes(path: str) -> int:

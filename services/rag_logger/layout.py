@@ -29,9 +29,19 @@ TMP_PREFIX = "."
 TMP_SUFFIX = ".tmp"
 
 
+_DAY_NS = 86_400 * 1_000_000_000
+_last_day: tuple[int, str] = (-1 << 80, "")  # (day number, its text): consecutive events share a day
+
+
 def day_of(ns: int) -> str:
-    """UTC day of a timestamp in ns since the epoch, as YYYY-MM-DD."""
-    return time.strftime("%Y-%m-%d", time.gmtime(ns // 1_000_000_000))
+    """UTC day of a timestamp in ns since the epoch, as YYYY-MM-DD (Unix days are 86,400 s exactly)."""
+    global _last_day
+    number, text = _last_day
+    if ns // _DAY_NS == number:
+        return text
+    text = time.strftime("%Y-%m-%d", time.gmtime(ns // 1_000_000_000))
+    _last_day = (ns // _DAY_NS, text)
+    return text
 
 
 def jsonl_name(day: str) -> str:
@@ -68,6 +78,12 @@ def dumps(doc: dict[str, Any]) -> bytes:
 
 
 def _finite(ev: detection_pb2.DetectionEvent) -> str | None:
+    # fast path: a NaN or infinity anywhere makes the sum non-finite (an overflow only costs the slow path)
+    ml = ev.ml_scores
+    if math.isfinite(
+        ev.fast_score + ev.ml_score + ev.final_score + ev.divergence + sum(map(ml.__getitem__, ml))
+    ):
+        return None
     scores = {"fast_score": ev.fast_score, "ml_score": ev.ml_score, "final_score": ev.final_score}
     scores["divergence"] = ev.divergence
     for name, value in list(scores.items()) + [(f"ml_scores[{k}]", v) for k, v in ev.ml_scores.items()]:

@@ -20,6 +20,7 @@ mld_rag_logger_jsonl_errors_total              failed appends to the daily .json
 mld_rag_logger_rotations_total                 day changes seen by the writer
 mld_rag_logger_temp_files_removed_total        leftover temp files removed at start
 mld_rag_logger_pairs_repaired_total            half pairs (.pb without .json) completed at start
+mld_rag_logger_memory_trims_total              free heap memory handed back after a backlog drained
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ JSONL_ERRORS = Counter(P + "jsonl_errors", "Failed appends to the daily .jsonl")
 ROTATIONS = Counter(P + "rotations", "Day changes seen by the writer")
 TEMP_REMOVED = Counter(P + "temp_files_removed", "Leftover temp files removed at start")
 PAIRS_REPAIRED = Counter(P + "pairs_repaired", "Half pairs completed at start")
+MEMORY_TRIMS = Counter(P + "memory_trims", "Free heap memory handed back after a backlog drained")
 
 # Label children used per event, bound once (a labels() lookup per event costs more than the inc).
 RECEIVED_DETECTION = RECEIVED.labels("detection")

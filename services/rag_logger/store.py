@@ -1,9 +1,12 @@
 """The artifacts directory as a durable store: group commit, day rotation, start-up recovery.
 
-Used by exactly one thread (the writer). A commit writes and fdatasyncs every temp file of a
-batch (spread over a few I/O threads, since creates and syncs wait on the device), then renames each
-into place (.pb, then .json, in batch order) and fsyncs every touched directory once. A crash at any moment leaves whole files only: temp files (removed at
-start) and at most one .pb whose .json was not renamed yet (completed from the .pb at start).
+Used by exactly one thread (the writer). A commit writes every file of a batch unnamed (O_TMPFILE;
+named temp files where the filesystem lacks it), makes their data durable with one syncfs per group
+(or, with `commit.sync_method: fdatasync`, an fdatasync per file spread over a few I/O threads),
+then names each (.pb, then .json, in batch order) and fsyncs every touched directory once. Data is
+on disk before its name, so a crash or power loss at any moment leaves whole files only: at most one
+.pb whose .json was not named yet (completed from the .pb at start), and, with named temp files,
+temp files (removed at start).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 from services.rag_logger import fsio, layout
 from services.rag_logger import metrics as m
@@ -21,6 +26,17 @@ from services.rag_logger.errors import StorageError
 from services.rag_logger.layout import Record
 
 log = logging.getLogger(__name__)
+SyncMethod = Literal["syncfs", "fdatasync"]
+Job = tuple[str, str, bytes]  # directory, final path, data
+Staged = tuple[int, str]  # open descriptor, temp path ("" when the file is unnamed)
+
+
+def group_files_for_fd_limit() -> int:
+    """Files staged (held open) per syncfs group: a quarter of the descriptor limit, 64..4096."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(64, min(4096, soft // 4))
 
 
 @dataclass
@@ -110,8 +126,12 @@ class ArtifactStore:
         jsonl_fsync: bool = False,
         max_open_jsonl: int = 4,
         io_threads: int = 8,
+        sync_method: SyncMethod = "syncfs",
     ) -> None:
         self.root = root
+        self.sync_method: SyncMethod = sync_method
+        self.group_files = group_files_for_fd_limit()
+        self.anon = False  # O_TMPFILE usable under root: decided by prepare()
         self.clock = clock
         self.fsync = fsync
         self.jsonl = jsonl
@@ -124,7 +144,14 @@ class ArtifactStore:
         self._dirs: set[str] = set()
         self._jsonl: dict[str, int] = {}  # day -> fd opened O_APPEND
 
-    def configure(self, fsync: bool, jsonl: bool, jsonl_fsync: bool, max_open_jsonl: int) -> None:
+    def configure(
+        self,
+        fsync: bool,
+        jsonl: bool,
+        jsonl_fsync: bool,
+        max_open_jsonl: int,
+        sync_method: SyncMethod = "syncfs",
+    ) -> None:
         """Apply hot settings (called by the writer thread between batches)."""
         self.fsync, self.jsonl, self.jsonl_fsync, self.max_open_jsonl = (
             fsync,
@@ -132,6 +159,7 @@ class ArtifactStore:
             jsonl_fsync,
             max_open_jsonl,
         )
+        self.sync_method = sync_method
         if not jsonl:
             self.close_jsonl()
 
@@ -140,6 +168,7 @@ class ArtifactStore:
         try:
             os.makedirs(self.root, exist_ok=True)
             rec = recover(self.root, self.fsync)
+            anon = _anon_files_work(self.root)
         except OSError as exc:
             raise StorageError.from_os(exc, exc.filename or self.root) from None
         m.TEMP_REMOVED.inc(rec.temp_files_removed)
@@ -149,6 +178,13 @@ class ArtifactStore:
                 "recovered the artifacts directory after an unclean stop",
                 extra={"root": self.root, **rec.__dict__},
             )
+        if anon != self.anon or not self.ready:
+            log.info(
+                "staging files %s",
+                "unnamed (O_TMPFILE)" if anon else "as named temp files (no O_TMPFILE here)",
+                extra={"root": self.root},
+            )
+        self.anon = anon
         self.ready = True
         return rec
 
@@ -183,6 +219,8 @@ class ArtifactStore:
         dups: list[Record] = []
         seen: set[tuple[str, str]] = set()
         todo: list[Record] = []
+        exists = os.path.exists
+        join = os.path.join
         for r in batch:
             if r.done:
                 written.append(r)
@@ -190,8 +228,7 @@ class ArtifactStore:
             key = (r.kind, r.rid)
             if not r.attempted:
                 r.attempted = True
-                final_json = os.path.join(self.root, r.day, layout.artifact_name(r.kind, r.rid, "json"))
-                if key in seen or os.path.exists(final_json):
+                if key in seen or exists(join(self.root, r.day, f"{r.kind}_{r.rid}.json")):
                     dups.append(r)
                     r.done = True
                     continue
@@ -199,64 +236,84 @@ class ArtifactStore:
             todo.append(r)
         if not todo:
             return CommitResult(written, dups, 0)
-        jobs: list[tuple[str, str, bytes]] = []  # tmp path, final path, data; in rename order
+        jobs: list[Job] = []  # directory, final path, data; in publish order (.pb before its .json)
         touched: set[str] = set()
         try:
             for r in todo:
                 ddir = self._day_dir(r.day)
                 touched.add(ddir)
-                for ext, data in (("pb", r.pb), ("json", r.js)):
-                    name = layout.artifact_name(r.kind, r.rid, ext)
-                    jobs.append((os.path.join(ddir, layout.tmp_name(name)), os.path.join(ddir, name), data))
+                stem = join(ddir, f"{r.kind}_{r.rid}.")
+                jobs.append((ddir, stem + "pb", r.pb))
+                jobs.append((ddir, stem + "json", r.js))
         except OSError as exc:
             self._dirs.clear()
             raise StorageError.from_os(exc, exc.filename or self.root) from None
-        self._write_temps(jobs)
-        renamed = 0
         where = self.root
+        syncfd = -1
         try:
-            for tmp, final, _data in jobs:
-                where = final
-                os.rename(tmp, final)
-                renamed += 1
+            if self.fsync and self.sync_method == "syncfs":
+                # opened before the files are written, so syncfs reports their write-back errors
+                syncfd = fsio.open_dir(self.root)
+            group = self.group_files
+            for i in range(0, len(jobs), group):
+                self._stage_and_publish(jobs[i : i + group], syncfd)
             if self.fsync:
                 for ddir in sorted(touched):
                     where = ddir
                     fsio.fsync_dir(ddir)
         except OSError as exc:
-            _unlink_all(tmp for tmp, _final, _data in jobs[renamed:])
             self._dirs.clear()  # a directory may have vanished; re-check on retry
-            raise StorageError.from_os(exc, where) from None
+            raise StorageError.from_os(exc, exc.filename or where) from None
+        finally:
+            if syncfd >= 0:
+                os.close(syncfd)
         for r in todo:
             r.done = True
         written.extend(todo)
         return CommitResult(written, dups, sum(r.size for r in todo))
 
-    def _write_temps(self, jobs: list[tuple[str, str, bytes]]) -> None:
-        """Create, write and fdatasync every temp file, spread over the I/O threads.
+    def _stage_and_publish(self, jobs: list[Job], syncfd: int) -> None:
+        """Write one group's files unnamed, make their data durable, then name them in order.
 
-        File creation and fdatasync wait on the device, and they overlap well across threads
-        (the GIL is released in the syscalls); each thread takes a contiguous slice of the batch.
+        Data is on disk (one syncfs, or an fdatasync per file) before any name appears, so even a
+        power loss can only leave whole files; the caller's directory fsync makes the names durable.
+        """
+        per_file_sync = self.fsync and syncfd < 0
+        staged = self._stage(jobs, per_file_sync)
+        published = 0
+        try:
+            if syncfd >= 0:
+                fsio.syncfs(syncfd)
+            for (fd, tmp), (_ddir, final, _data) in zip(staged, jobs, strict=True):
+                _publish(fd, tmp, final)
+                published += 1
+        finally:
+            _discard(staged, published)
+
+    def _stage(self, jobs: list[Job], sync: bool) -> list[Staged]:
+        """Create and write every file of `jobs` (fdatasync each when `sync`); all or nothing.
+
+        Per-file fdatasync waits on the device, which overlaps well across the I/O threads (the GIL
+        is released in the syscalls); each thread takes a contiguous slice.
         """
         n = len(jobs)
-        workers = min(self.io_threads, max(1, n // 8))
+        workers = min(self.io_threads, max(1, n // 8)) if sync else 1
         if workers <= 1:
-            chunks = [jobs]
+            results = [_stage_chunk(jobs, self.anon, sync)]
         else:
             step = -(-n // workers)
             chunks = [jobs[i : i + step] for i in range(0, n, step)]
-        if len(chunks) == 1:
-            results = [_write_chunk(chunks[0], self.fsync)]
-        else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="rag-logger-io")
-            results = list(self._pool.map(_write_chunk, chunks, [self.fsync] * len(chunks)))
-        errors = [(err, where) for _created, err, where in results if err is not None]
+            results = list(
+                self._pool.map(_stage_chunk, chunks, [self.anon] * len(chunks), [sync] * len(chunks))
+            )
+        staged = [s for chunk, _err in results for s in chunk]
+        errors = [err for _chunk, err in results if err is not None]
         if errors:
-            _unlink_all(p for created, _err, _where in results for p in created)
-            self._dirs.clear()
-            err, where = errors[0]
-            raise StorageError.from_os(err, where) from None
+            _discard(staged, 0)
+            raise errors[0]
+        return staged
 
     def append_jsonl(self, records: Iterable[Record]) -> int:
         """Append committed events to their day's .jsonl; best effort, returns the failures."""
@@ -328,27 +385,74 @@ class ArtifactStore:
             self._pool = None
 
 
-def _write_chunk(jobs: list[tuple[str, str, bytes]], fsync: bool) -> tuple[list[str], OSError | None, str]:
-    """Write one slice of temp files; returns the paths created and the first error (never raises)."""
-    created: list[str] = []
-    tmp = ""
+def _anon_files_work(root: str) -> bool:
+    """Whether O_TMPFILE + linkat via /proc work under `root` (not on every filesystem, nor without /proc)."""
     try:
-        for tmp, _final, data in jobs:
-            fd = fsio.write_new(tmp, data)
-            created.append(tmp)
-            try:
-                if fsync:
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
-    except OSError as exc:
-        if tmp and tmp not in created:
-            created.append(tmp)  # write_new may have created it before failing
-        return created, exc, tmp
-    return created, None, ""
+        fd = fsio.write_anon(root, b"")
+    except OSError:
+        return False
+    probe = os.path.join(root, layout.tmp_name(f"probe-{os.getpid()}"))  # removed at start if we die here
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
+        fsio.link_fd(fd, probe)
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
-def _unlink_all(paths: Iterable[str]) -> None:
-    for path in paths:
+def _stage_chunk(jobs: list[Job], anon: bool, sync: bool) -> tuple[list[Staged], OSError | None]:
+    """Write one slice of files (never raises): what was staged, and the first error (its own
+    half-made file already removed)."""
+    out: list[Staged] = []
+    for ddir, final, data in jobs:
+        tmp = ""
+        try:
+            if anon:
+                fd = fsio.write_anon(ddir, data)
+            else:
+                tmp = os.path.join(ddir, layout.tmp_name(os.path.basename(final)))
+                fd = fsio.write_new(tmp, data)
+            out.append((fd, tmp))
+            if sync:
+                os.fdatasync(fd)
+        except OSError as exc:
+            if tmp and (not out or out[-1][1] != tmp):
+                with contextlib.suppress(OSError):  # write_new may have created it before failing
+                    os.unlink(tmp)
+            if exc.filename is None:
+                exc.filename = final
+            return out, exc
+    return out, None
+
+
+def _publish(fd: int, tmp: str, final: str) -> None:
+    """Name a staged file: rename the temp file, or link the unnamed one.
+
+    A link does not replace: a name left by an earlier failed attempt of the same batch (or a .pb
+    that recovery could not complete) is replaced through a temp name and an atomic rename.
+    """
+    if tmp:
+        os.rename(tmp, final)
+        return
+    try:
+        fsio.link_fd(fd, final)
+    except FileExistsError:
+        tmp = os.path.join(os.path.dirname(final), layout.tmp_name(os.path.basename(final)))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fsio.link_fd(fd, tmp)
+        os.rename(tmp, final)
+
+
+def _discard(staged: list[Staged], published: int) -> None:
+    """Close every staged descriptor; remove the temp files not renamed (unnamed ones just vanish)."""
+    for i, (fd, tmp) in enumerate(staged):
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            os.close(fd)
+        if tmp and i >= published:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from helpers import wait_for
 from ml_defender.v1 import detection_pb2
+from services.rag_logger import core as core_mod
 from services.rag_logger.config import RagLoggerSettings
 from services.rag_logger.core import LoggerCore
 from services.rag_logger.errors import StorageError
@@ -177,3 +178,51 @@ def test_keep_policy_is_hot_reloadable(tmp_path: Path) -> None:
     assert core.submit(again)
     assert core.stop() == 0
     assert acked == [again.event_id]
+
+
+@pytest.mark.unit
+def test_free_heap_memory_is_handed_back_once_a_deep_backlog_has_drained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RSS used to step up after each backlog (glibc kept the freed pair buffers): trim once drained."""
+    trims: list[int] = []
+
+    def fake_trim() -> bool:
+        trims.append(1)
+        return True
+
+    monkeypatch.setattr(core_mod, "release_free_memory", fake_trim)
+    acked: list[str] = []
+    core = LoggerCore(
+        settings(tmp_path, commit={"max_batch_events": 64, "max_delay_ms": 1}),
+        clock=lambda: T0,
+        on_commit=lambda rs: acked.extend(r.rid for r in rs),
+    )
+    stalled = {"on": True}
+    real_commit = core.store.commit
+
+    def commit(batch: list[Record]):  # type: ignore[no-untyped-def]
+        while stalled["on"]:
+            time.sleep(0.005)
+        return real_commit(batch)
+
+    core.store.commit = commit  # type: ignore[method-assign]
+    before = metric("mld_rag_logger_memory_trims_total")
+    core.start()
+    rng = random.Random(8)
+    small = [make_event(T0 + i, rng) for i in range(core_mod.TRIM_AFTER_BACKLOG_EVENTS - 10)]
+    for ev in small:  # a backlog below the threshold: no trim
+        assert core.submit(ev)
+    stalled["on"] = False
+    wait_for(lambda: len(acked) == len(small), what="small backlog written")
+    assert trims == []
+    stalled["on"] = True
+    deep = [make_event(T0 + 10_000 + i, rng) for i in range(core_mod.TRIM_AFTER_BACKLOG_EVENTS + 100)]
+    for ev in deep:
+        assert core.submit(ev)
+    stalled["on"] = False
+    wait_for(lambda: len(acked) == len(small) + len(deep), what="deep backlog written")
+    wait_for(lambda: trims == [1], what="one trim after the deep backlog drained")
+    assert core.memory_trims == 1
+    assert metric("mld_rag_logger_memory_trims_total") - before == 1
+    assert core.stop() == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from services.rag_logger import layout
+from services.rag_logger import fsio, layout
 from services.rag_logger.cli import main
 from services.rag_logger.errors import StorageError
 from services.rag_logger.layout import Record
@@ -67,29 +67,70 @@ def test_an_event_already_on_disk_is_not_rewritten(tmp_path: Path) -> None:
     assert len(result.duplicates) == 3 and len(result.written) == 1
 
 
-@pytest.mark.unit
-def test_failed_commit_leaves_no_temp_file_and_a_retry_writes_everything(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    st = new_store(tmp_path, io_threads=4)
-    recs = records(64)
-    real = os.fdatasync
+def _fail_nth(monkeypatch: pytest.MonkeyPatch, obj: object, name: str, nth: int, err: int) -> dict[str, int]:
+    """Make the nth call of obj.name raise OSError(err); the others pass through."""
+    real = getattr(obj, name)
     calls = {"n": 0}
 
-    def failing(fd: int) -> None:
+    def failing(*args: object) -> object:
         calls["n"] += 1
-        if calls["n"] == 50:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd)
+        if calls["n"] == nth:
+            raise OSError(err, os.strerror(err))
+        return real(*args)
 
-    monkeypatch.setattr(os, "fdatasync", failing)
+    monkeypatch.setattr(obj, name, failing)
+    return calls
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("anon", [True, False], ids=["unnamed", "named-temp"])
+@pytest.mark.parametrize(
+    ("sync_method", "where"),
+    [("syncfs", "write"), ("syncfs", "syncfs"), ("fdatasync", "write"), ("fdatasync", "fdatasync")],
+)
+def test_failed_commit_leaves_no_temp_file_and_a_retry_writes_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anon: bool, sync_method: str, where: str
+) -> None:
+    st = new_store(tmp_path, io_threads=4, sync_method=sync_method)
+    assert st.anon  # O_TMPFILE works on the test's filesystem
+    st.anon = anon
+    recs = records(64)
+    target, nth = {"write": (os, 50), "fdatasync": (os, 50), "syncfs": (fsio, 1)}[where]
+    _fail_nth(monkeypatch, target, where, nth, errno.ENOSPC)
     with pytest.raises(StorageError) as info:
         st.commit(recs)
     assert info.value.reason == "disk_full" and "free space" in info.value.message
-    assert os.listdir(tmp_path / DAY) == []  # nothing partial, nothing renamed
+    assert os.listdir(tmp_path / DAY) == []  # nothing partial, nothing named before its data is durable
+    monkeypatch.undo()
     result = st.commit(recs)  # the same records, as the writer retries them
     assert len(result.written) == 64 and not result.duplicates
     assert verify(tmp_path).pairs_ok == 64
+    assert not [n for n in os.listdir(tmp_path / DAY) if layout.is_tmp(n)]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("anon", [True, False], ids=["unnamed", "named-temp"])
+def test_a_commit_failing_while_naming_is_completed_by_the_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anon: bool
+) -> None:
+    """Names given before the failure stay (whole files, at most one half pair); the retry replaces them."""
+    st = new_store(tmp_path)
+    st.anon = anon
+    recs = records(20)
+    if anon:
+        _fail_nth(monkeypatch, fsio, "link_fd", 16, errno.ENOSPC)
+    else:
+        _fail_nth(monkeypatch, os, "rename", 16, errno.ENOSPC)
+    with pytest.raises(StorageError):
+        st.commit(recs)
+    rep = verify(tmp_path)
+    assert rep.pairs_ok == 7 and [p.what for p in rep.problems] == ["half pair: the .json is missing"]
+    monkeypatch.undo()
+    result = st.commit(recs)
+    assert len(result.written) == 20 and not result.duplicates
+    rep = verify(tmp_path)
+    assert (rep.pairs_ok, rep.problems) == (20, [])
+    assert not [n for n in os.listdir(tmp_path / DAY) if layout.is_tmp(n)]
 
 
 @pytest.mark.unit
@@ -203,3 +244,18 @@ def test_jsonl_failure_is_counted_and_leaves_no_half_line(
     lines = (tmp_path / DAY / f"events-{DAY}.jsonl").read_bytes().splitlines()
     ids = [json.loads(line)["event_id"] for line in lines]
     assert ids == [r.rid for r in first + third]
+
+
+@pytest.mark.unit
+def test_without_o_tmpfile_named_temp_files_are_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unsupported(directory: str, data: bytes) -> int:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), directory)
+
+    monkeypatch.setattr(fsio, "write_anon", unsupported)
+    st = new_store(tmp_path)
+    assert not st.anon
+    recs = records(5)
+    assert len(st.commit(recs).written) == 5
+    rep = verify(tmp_path)
+    assert (rep.pairs_ok, rep.problems) == (5, [])
+    assert not [n for n in os.listdir(tmp_path / DAY) if layout.is_tmp(n)]
