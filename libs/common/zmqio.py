@@ -4,6 +4,7 @@ Every message is two frames: the protobuf full name of the payload (so a receive
 it got) and the serialized bytes. A sender whose peer stays full for `send_timeout_ms` drops the
 message and counts it in `mld_<service>_zmq_dropped_messages_total`; with `send_timeout_ms=-1` it
 blocks instead (back-pressure, used when replaying a file, where nothing should be lost).
+With `reliable` set, sniffer -> detector uses acknowledged delivery instead (libs/common/workq.py).
 """
 
 from __future__ import annotations
@@ -19,10 +20,44 @@ from pydantic import BaseModel, Field, model_validator
 from libs.common.curve import CurveGuard, CurveSettings, secure
 from libs.common.errors import ConfigError
 from libs.common.lifecycle import StopFlag
-from libs.common.metrics import transport_metrics
+from libs.common.metrics import TransportMetrics, transport_metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=Message)
+
+
+class ReliableSettings(BaseModel, extra="forbid", frozen=True):
+    """At-least-once delivery to workers (libs/common/workq.py): the binding side is a ROUTER that
+    keeps each message until a worker acknowledges it, the connecting side one DEALER per peer."""
+
+    window: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description=(
+            "messages in flight per worker (its credit); keep window x batch size above the"
+            " detector's batch.max_flows so a worker has the next model call's flows queued"
+        ),
+    )
+    heartbeat_ms: int = Field(500, ge=10, le=60_000, description="worker -> sender liveness interval")
+    peer_timeout_ms: int = Field(
+        5000,
+        ge=50,
+        le=600_000,
+        description="a worker silent this long is dead: its unacknowledged messages go to the others",
+    )
+    ack_delay_ms: int = Field(
+        20,
+        ge=0,
+        le=10_000,
+        description="a worker acknowledges this long after handing its results to ZeroMQ (time to flush)",
+    )
+
+    @model_validator(mode="after")
+    def _timeout_over_heartbeat(self) -> ReliableSettings:
+        if self.peer_timeout_ms < 2 * self.heartbeat_ms:
+            raise ValueError("reliable.peer_timeout_ms must be at least 2 x heartbeat_ms")
+        return self
 
 
 class SocketSettings(BaseModel, extra="forbid"):
@@ -38,6 +73,10 @@ class SocketSettings(BaseModel, extra="forbid"):
     )
     curve: CurveSettings | None = Field(
         None, description="CURVE encryption + client authentication (between hosts); None = plaintext"
+    )
+    reliable: ReliableSettings | None = Field(
+        None,
+        description="acknowledged delivery with redelivery from dead workers (ROUTER/DEALER); None = PUSH/PULL",
     )
 
     @model_validator(mode="after")
@@ -62,6 +101,9 @@ def _open(
     if kind == zmq.PUSH:
         sock.setsockopt(zmq.SNDHWM, s.hwm)
         sock.setsockopt(zmq.SNDTIMEO, s.send_timeout_ms)
+    elif kind in (zmq.ROUTER, zmq.DEALER):  # workq: both directions carry messages
+        sock.setsockopt(zmq.SNDHWM, s.hwm)
+        sock.setsockopt(zmq.RCVHWM, s.hwm)
     else:
         sock.setsockopt(zmq.RCVHWM, s.hwm)
     guard = CurveGuard()
@@ -109,6 +151,10 @@ class Pusher:
         self.metrics.sent.labels(self.endpoint).inc()
         return True
 
+    def writable(self, timeout_ms: int) -> bool:
+        """Whether a message would be queued now (waiting up to timeout_ms for room)."""
+        return bool(self.sock.poll(timeout_ms, zmq.POLLOUT))
+
     def close(self) -> None:
         """Close, waiting up to linger_ms for queued messages to leave."""
         self._curve.close(self.sock)
@@ -145,27 +191,10 @@ class Puller:
             deadline_ms = 0  # a bad message was skipped: look for a good one already queued
 
     def _decode(self, frames: list[bytes]) -> Message | None:
-        self.metrics.received.labels(self.endpoint).inc()
-        if len(frames) != 2:
-            self.metrics.decode_errors.labels(self.endpoint, "frames").inc()
-            log.warning(
-                "message with %d frames skipped (expected 2)", len(frames), extra={"endpoint": self.endpoint}
-            )
-            return None
-        type_name = frames[0].decode(errors="replace")
-        cls = self.types.get(type_name)
-        if cls is None:
-            self.metrics.decode_errors.labels(self.endpoint, "unknown_type").inc()
-            log.warning("message of unexpected type %r skipped", type_name, extra={"endpoint": self.endpoint})
-            return None
-        msg = cls()
-        try:
-            msg.ParseFromString(frames[1])
-        except DecodeError as exc:
-            self.metrics.decode_errors.labels(self.endpoint, "corrupt").inc()
-            log.warning("corrupt %s skipped: %s", type_name, exc, extra={"endpoint": self.endpoint})
-            return None
-        return msg
+        return decode(frames, self.types, self.metrics, self.endpoint)
+
+    def done(self) -> None:
+        """The messages received so far are handled (a no-op here: PUSH/PULL has no acknowledgement)."""
 
     def messages(self, stop: StopFlag, poll_ms: int = 100) -> Iterator[Message]:
         """Yield messages until `stop` is set, then drain what is already queued."""
@@ -179,3 +208,28 @@ class Puller:
     def close(self) -> None:
         self._curve.close(self.sock)
         self.sock.close(0)
+
+
+def decode(
+    frames: list[bytes], types: dict[str, type[Message]], metrics: TransportMetrics, endpoint: str
+) -> Message | None:
+    """[type name, payload] -> message; anything else is counted, logged and None."""
+    metrics.received.labels(endpoint).inc()
+    if len(frames) != 2:
+        metrics.decode_errors.labels(endpoint, "frames").inc()
+        log.warning("message with %d frames skipped (expected 2)", len(frames), extra={"endpoint": endpoint})
+        return None
+    type_name = frames[0].decode(errors="replace")
+    cls = types.get(type_name)
+    if cls is None:
+        metrics.decode_errors.labels(endpoint, "unknown_type").inc()
+        log.warning("message of unexpected type %r skipped", type_name, extra={"endpoint": endpoint})
+        return None
+    msg = cls()
+    try:
+        msg.ParseFromString(frames[1])
+    except DecodeError as exc:
+        metrics.decode_errors.labels(endpoint, "corrupt").inc()
+        log.warning("corrupt %s skipped: %s", type_name, exc, extra={"endpoint": endpoint})
+        return None
+    return msg

@@ -34,6 +34,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from libs.common import curve
 from libs.common.errors import ConfigError, MLDefenderError
+from libs.common.workq import WorkSender
+from libs.common.zmqio import SocketSettings
 from ml_defender.v1 import config_pb2, detection_pb2, flow_pb2
 
 REPO = Path(__file__).resolve().parents[2]
@@ -228,6 +230,11 @@ class EtcdCluster:
                 m.proc.stop()
 
 
+# Acknowledged sensor -> detector delivery (libs/common/workq.py) in the multi-node lab: a killed
+# worker's batches go to the others. Short timeouts: a lab worker is declared dead within ~2 s.
+LAB_RELIABLE: dict[str, int] = {"window": 4, "heartbeat_ms": 250, "peer_timeout_ms": 2000, "ack_delay_ms": 20}
+
+
 # -- detector workers -----------------------------------------------------------------------
 def detector_doc(
     node_id: str,
@@ -238,8 +245,10 @@ def detector_doc(
     drop_fanout: str = "all",
     metrics_port: int = 0,
     extra: dict[str, Any] | None = None,
+    reliable: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A DetectorSettings document for one worker (blocking sends: nothing dropped in a lab)."""
+    """A DetectorSettings document for one worker (blocking sends: nothing dropped in a lab);
+    `reliable` (e.g. LAB_RELIABLE) makes the input acknowledged (the sensor must use it too)."""
     out = {"endpoint": "", "send_timeout_ms": -1, "linger_ms": 2000}
     doc: dict[str, Any] = {
         "node_id": node_id,
@@ -248,6 +257,8 @@ def detector_doc(
         "rag_logger": {**out, "endpoint": rag_ep},
         "drop_fanout": drop_fanout,
     }
+    if reliable is not None:
+        doc["input"]["reliable"] = dict(reliable)
     if firewall_ep:
         doc["firewall"] = {**out, "endpoint": firewall_ep}
     if firewall_nodes:
@@ -264,6 +275,23 @@ def detector_proc(name: str, doc: dict[str, Any], run_dir: Path, netns: str | No
     return Proc(
         name, [str(BIN / "mld-detector"), "run", "--config", str(cfg)], run_dir / f"{name}.log", netns
     )
+
+
+def rag_logger_proc(name: str, input_ep: str, artifacts: Path, run_dir: Path) -> Proc:
+    """A `mld-rag-logger run` that keeps every event (keep_all) without fsync: the lab's witness
+    of what reached the durable store, one artifact pair per event id."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = run_dir / f"{name}.json"
+    doc = {
+        "node_id": name,
+        "metrics": {"host": "127.0.0.1", "port": 0},
+        "input": {"endpoint": input_ep, "bind": True},
+        "artifacts_root": str(artifacts),
+        "keep": {"keep_all": True},
+        "commit": {"fsync": False},
+    }
+    cfg.write_text(json.dumps(doc, indent=2))
+    return Proc(name, [str(BIN / "mld-rag-logger"), "run", "--config", str(cfg)], run_dir / f"{name}.log")
 
 
 def check_root() -> None:
@@ -402,9 +430,26 @@ class EventSink:
 
 
 class FlowSource:
-    """The sniffer's side of the detector input: a bound PUSH that knows how many workers joined."""
+    """The sniffer's side of the detector input: a bound PUSH that knows how many workers joined,
+    or with `reliable` the sniffer's own acknowledged sender (libs.common.workq.WorkSender)."""
 
-    def __init__(self, endpoint: str, ctx: zmq.Context[Any], hwm: int = 8) -> None:
+    def __init__(
+        self, endpoint: str, ctx: zmq.Context[Any], hwm: int = 8, reliable: dict[str, Any] | None = None
+    ) -> None:
+        self.endpoint = endpoint
+        self.sender: WorkSender | None = None
+        if reliable is not None:
+            settings = SocketSettings.model_validate(
+                {
+                    "endpoint": endpoint,
+                    "bind": True,
+                    "hwm": 100_000,
+                    "send_timeout_ms": -1,
+                    "reliable": reliable,
+                }
+            )
+            self.sender = WorkSender("lab_source", settings, ctx)
+            return
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.sndhwm = hwm  # small: a busy or dead worker's share goes to the others
         self.mon = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
@@ -422,20 +467,29 @@ class FlowSource:
         """Wait until `n` workers are connected (they connect after loading their models)."""
 
         def ok() -> bool:
-            self._events(50)
+            if self.sender is None:
+                self._events(50)
+            else:
+                time.sleep(0.05)
             for p in procs:
                 if p.popen is not None and p.popen.poll() is not None:
                     raise LabError(
                         f"{p.name} exited with {p.popen.returncode}", str(p.log_path), "read its log"
                     )
-            return self.peers >= n
+            return (self.sender.workers() if self.sender else self.peers) >= n
 
         wait_until(ok, timeout_s, f"{n} detector workers connected", interval_s=0.0)
 
     def send(self, batch: flow_pb2.FlowBatch) -> None:
+        if self.sender is not None:
+            self.sender.send(batch)
+            return
         self.sock.send_multipart([b"ml_defender.v1.FlowBatch", batch.SerializeToString()])
 
     def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+            return
         self.sock.disable_monitor()
         self.mon.close(0)
         self.sock.close(0)
@@ -459,6 +513,7 @@ class MultiPlan:
     table: str = "ml_defender"
     subnet: str = "198.18.0"
     curve: bool = True  # CURVE on the links between namespaces that carry flows and events
+    reliable: bool = True  # acknowledged sniffer -> detector delivery (libs/common/workq.py)
 
     @property
     def core_ns(self) -> str:
@@ -664,7 +719,14 @@ class MultiLab:
                         "export_interval_ms": 10,
                         "export_batch_size": 256,
                     },
-                    "output": {"endpoint": f"{t}{a}:5571", "bind": True, "curve": k.get("sensor")},
+                    "output": {
+                        "endpoint": f"{t}{a}:5571",
+                        "bind": True,
+                        "curve": k.get("sensor"),
+                        "reliable": LAB_RELIABLE if p.reliable else None,
+                        # reliable: batches kept until acknowledged, ~90 KB each at 256 flows
+                        "hwm": 1000,
+                    },
                 },
                 p.ns(n),
                 p.etcd_url(n),
@@ -678,6 +740,7 @@ class MultiLab:
                 firewall_nodes={n: f"{t}{p.addr(n)}:5572" for n in p.nodes},
                 drop_fanout=p.drop_fanout,
                 extra={"explain": {"max_per_batch": 2}, "batch": {"max_flows": 256}},
+                reliable=LAB_RELIABLE if p.reliable else None,
             )
             doc["input"]["extra_endpoints"] = sniffers[1:]
             doc["input"]["curve"] = k.get("to_sensor")
@@ -810,9 +873,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fanout", choices=("all", "origin"), default="all", help="detector drop_fanout")
     ap.add_argument("--no-rag", action="store_true", help="leave out the rag service (saves ~1 GB RAM)")
     ap.add_argument("--no-curve", action="store_true", help="plaintext ZeroMQ between namespaces")
+    ap.add_argument(
+        "--push", action="store_true", help="plain PUSH/PULL sniffer -> detectors (no acknowledgements)"
+    )
     args = ap.parse_args(argv)
     plan = MultiPlan(
-        args.dir.resolve(), drop_fanout=args.fanout, with_rag=not args.no_rag, curve=not args.no_curve
+        args.dir.resolve(),
+        drop_fanout=args.fanout,
+        with_rag=not args.no_rag,
+        curve=not args.no_curve,
+        reliable=not args.push,
     )
     lab = MultiLab(plan)
     try:

@@ -22,6 +22,7 @@ from libs.common.lifecycle import StopFlag
 from libs.common.log import setup_logging
 from libs.common.metrics import build_info, start_metrics_server
 from libs.common.settings import load_settings
+from libs.common.workq import WorkReceiver, derive_event_ids, open_receiver
 from libs.common.zmqio import Puller, Pusher
 from ml_defender.v1 import detection_pb2, flow_pb2
 from services.ml_detector.config import RESTART_FIELDS, DetectorSettings
@@ -109,8 +110,12 @@ class DetectorApp:
             self.metrics.sequence_gaps.labels(batch.node_id).inc(batch.sequence - last - 1)
         self._last_seq[batch.node_id] = batch.sequence
 
-    def process(self, batches: list[flow_pb2.FlowBatch], outputs: list[Pusher]) -> int:
-        """Score the flows of some batches together and send every event to every output."""
+    def process(
+        self, batches: list[flow_pb2.FlowBatch], firewall: list[Pusher], rag_logger: list[Pusher]
+    ) -> int:
+        """Score the flows of some batches together; every event goes to the firewall(s) before
+        any TreeSHAP explanation is computed (a block must not wait for it), then, explained, to
+        the rag-logger (both get every event, in the same order)."""
         records: list[flow_pb2.FlowRecord] = []
         fast: list[flow_pb2.FastResult] = []
         for b in batches:
@@ -121,18 +126,23 @@ class DetectorApp:
                 fr.extend(flow_pb2.FastResult() for _ in range(len(b.flows) - len(fr)))
             fast.extend(fr[: len(b.flows)])
         t0 = time.perf_counter()
-        result = self.detector.score(records, fast)
+        result = self.detector.score(records, fast, explain=False)
+        derive_event_ids(result.events, batches)  # a redelivered batch gives the same event ids
+        for ev in result.events:
+            for out in firewall:
+                out.send(ev)
+            if self.firewalls:
+                self._fan_out(ev)
+        unexplained = self.detector.explain(result)
         self.metrics.observe(result.scores, result.ml_by_model, time.perf_counter() - t0)
-        if result.unexplained:
-            self.metrics.unexplained.inc(result.unexplained)
+        if unexplained:
+            self.metrics.unexplained.inc(unexplained)
         now = time.time_ns()
         for ev in result.events:
             if ev.flow.captured_ns:
                 self.metrics.pipeline_latency.observe(max(0, now - ev.flow.captured_ns) / 1e9)
-            for out in outputs:
+            for out in rag_logger:
                 out.send(ev)
-            if self.firewalls:
-                self._fan_out(ev)
         self.metrics.context_sources.set(len(self.detector.tracker))
         return len(records)
 
@@ -154,12 +164,15 @@ class DetectorApp:
         setup_logging(SERVICE, s.log_level)
         start_metrics_server(s.metrics.host, s.metrics.port)
         build_info(SERVICE, package_version(), s.node_id)
-        puller = Puller(SERVICE, s.input, {"ml_defender.v1.FlowBatch": flow_pb2.FlowBatch})
-        outputs = [Pusher(SERVICE, s.rag_logger)]
+        puller = open_receiver(
+            SERVICE, s.input, {"ml_defender.v1.FlowBatch": flow_pb2.FlowBatch}, name=s.node_id
+        )
+        rag = [Pusher(SERVICE, s.rag_logger)]
+        firewall: list[Pusher] = []
         if s.firewall_nodes:
             self.firewalls = {node: Pusher(SERVICE, fw) for node, fw in s.firewall_nodes.items()}
         else:
-            outputs.insert(0, Pusher(SERVICE, s.firewall))
+            firewall.append(Pusher(SERVICE, s.firewall))
         self.stop.install_signal_handlers()
         self._install_hup()
         log.info(
@@ -179,17 +192,19 @@ class DetectorApp:
                 msg = puller.recv(100)
                 if msg is None:
                     continue
-                total += self.process(self._gather(puller, msg), outputs)
+                total += self.process(self._gather(puller, msg), firewall, rag)
+                puller.done()  # reliable input: acknowledged once the events were sent on
             while (msg := puller.recv(0)) is not None:  # drain what is already queued
-                total += self.process(self._gather(puller, msg), outputs)
+                total += self.process(self._gather(puller, msg), firewall, rag)
+                puller.done()
         finally:
             puller.close()
-            for out in [*outputs, *self.firewalls.values()]:
+            for out in [*firewall, *rag, *self.firewalls.values()]:
                 out.close()
             log.info("ml-detector stopped", extra={"reason": self.stop.reason, "flows_scored": total})
         return 0
 
-    def _gather(self, puller: Puller, first: object) -> list[flow_pb2.FlowBatch]:
+    def _gather(self, puller: Puller | WorkReceiver, first: object) -> list[flow_pb2.FlowBatch]:
         """The first batch plus whatever arrives within max_wait_ms, up to max_flows flows."""
         assert isinstance(first, flow_pb2.FlowBatch)
         b = self.settings.batch

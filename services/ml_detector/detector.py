@@ -53,6 +53,7 @@ class BatchResult:
     scores: Scores
     ml_by_model: dict[str, np.ndarray]
     unexplained: int = 0  # kept events left without an explanation (over explain.max_per_batch)
+    deferred: tuple[State, np.ndarray] | None = None  # scored with explain=False: what explain() needs
 
 
 class Detector:
@@ -75,8 +76,13 @@ class Detector:
             self.tracker.set_window(settings.context.window_s)
 
     def score(
-        self, records: Sequence[flow_pb2.FlowRecord], fast: Sequence[flow_pb2.FastResult] | None = None
+        self,
+        records: Sequence[flow_pb2.FlowRecord],
+        fast: Sequence[flow_pb2.FastResult] | None = None,
+        explain: bool = True,
     ) -> BatchResult:
+        """Events for `records`; with explain=False the TreeSHAP step is left to `explain(result)`,
+        so a caller can send decisions first (a block must not wait for explanations)."""
         st = self._state
         n = len(records)
         if n == 0:
@@ -91,7 +97,7 @@ class Detector:
                 rules[i] = list(fr.rules)
         th = st.settings.thresholds
         s = score(fast_scores, ml_by_model, rules, th)
-        explain = self._explain(st, x, s, ml_by_model)
+        contribs = self._explain(st, x, s, ml_by_model) if explain else {}
         scored_ns = time.time_ns()
         # fields shared by the whole batch are set once on a template and copied (C-level CopyFrom)
         template = detection_pb2.DetectionEvent(config_revision=st.revision, node_id=st.settings.node_id)
@@ -130,11 +136,23 @@ class Detector:
             ts = ev.timestamps
             ts.captured_ns = rec.captured_ns
             ts.exported_ns = rec.exported_ns
-            if i in explain:
-                ev.explanation.extend(explain[i])
+            if i in contribs:
+                ev.explanation.extend(contribs[i])
             events.append(ev)
-        unexplained = int(s.kept.sum()) - len(explain) if st.settings.explain.top_k else 0
-        return BatchResult(events, s, ml_by_model, max(unexplained, 0))
+        if not explain:
+            return BatchResult(events, s, ml_by_model, 0, (st, x))
+        return BatchResult(events, s, ml_by_model, _unexplained(st, s, contribs))
+
+    def explain(self, result: BatchResult) -> int:
+        """Add the explanations of a batch scored with explain=False to its events (in place);
+        returns how many kept events stay unexplained (over explain.max_per_batch)."""
+        if result.deferred is None:
+            return result.unexplained
+        st, x = result.deferred
+        contribs = self._explain(st, x, result.scores, result.ml_by_model)
+        for i, rows in contribs.items():
+            result.events[i].explanation.extend(rows)
+        return _unexplained(st, result.scores, contribs)
 
     @staticmethod
     def _explain(
@@ -168,3 +186,8 @@ class Detector:
                     for j in top
                 ]
         return out
+
+
+def _unexplained(st: State, s: Scores, contribs: dict[int, list[detection_pb2.FeatureContribution]]) -> int:
+    """Kept events left without an explanation (0 when explanations are off)."""
+    return max(int(s.kept.sum()) - len(contribs), 0) if st.settings.explain.top_k else 0

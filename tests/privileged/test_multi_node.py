@@ -75,10 +75,13 @@ def test_attack_seen_at_a_is_blocked_at_a_b_and_c(lab_all: MultiLab) -> None:
         return all(lab.blocked(n, atk) for n in lab.plan.nodes)
 
     wait_for(scanned_and_blocked, 120, interval=1.0, what=f"{atk} blocked at a, b and c")
-    # The links between namespaces are CURVE: a plaintext PULL that tries to take node A's flows
-    # is refused, and node A's sniffer counts the refusal.
+    # The links between namespaces are CURVE: a plaintext worker that announces itself to take
+    # node A's flows (the acknowledged protocol's READY) is refused, and node A's sniffer counts it.
     sniffer = f"tcp://{lab.plan.addr('a')}:5571"
-    thief = "import zmq; s = zmq.Context().socket(zmq.PULL); s.connect('%s'); s.poll(3000); print(s.poll(0))"
+    thief = (
+        "import zmq; s = zmq.Context().socket(zmq.DEALER); s.connect('%s');"
+        " s.send_multipart([b'MLDQ1', b'READY', b'64', b'thief']); s.poll(3000); print(s.poll(0))"
+    )
     out = run(["ip", "netns", "exec", lab.plan.core_ns, sys.executable, "-c", thief % sniffer])
     assert out.stdout.strip() == "0", "a plaintext client received flows"
 

@@ -73,3 +73,19 @@ def test_swap_changes_thresholds_for_the_next_batch(settings: DetectorSettings, 
     det.swap(strict, det.state.models, revision=9)
     res = det.score(recs)
     assert all(e.decision == detection_pb2.DECISION_ALLOW and e.config_revision == 9 for e in res.events)
+
+
+@pytest.mark.unit
+def test_explanations_can_follow_the_decisions(settings: DetectorSettings, shared_pcaps: Path) -> None:
+    """explain=False gives the decisions without TreeSHAP (what the firewall gets first); explain()
+    then adds exactly the explanations a one-step score gives (what the rag-logger gets)."""
+    recs = ssh_records(shared_pcaps)
+    models = load_model_set(settings)
+    whole = Detector(settings, models).score(recs)
+    det = Detector(settings, models)
+    first = det.score(recs, explain=False)
+    assert [e.decision for e in first.events] == [e.decision for e in whole.events]
+    assert not any(e.explanation for e in first.events) and first.deferred is not None
+    assert det.explain(first) == whole.unexplained
+    assert [list(e.explanation) for e in first.events] == [list(e.explanation) for e in whole.events]
+    assert any(e.explanation for e in first.events)

@@ -185,15 +185,17 @@ class FastResult(_message.Message):
     def __init__(self, score: _Optional[float] = ..., rules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FlowBatch(_message.Message):
-    __slots__ = ("flows", "fast", "node_id", "sequence", "sent_ns")
+    __slots__ = ("flows", "fast", "node_id", "sequence", "sent_ns", "batch_id")
     FLOWS_FIELD_NUMBER: _ClassVar[int]
     FAST_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     SENT_NS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     flows: _containers.RepeatedCompositeFieldContainer[FlowRecord]
     fast: _containers.RepeatedCompositeFieldContainer[FastResult]
     node_id: str
     sequence: int
     sent_ns: int
-    def __init__(self, flows: _Optional[_Iterable[_Union[FlowRecord, _Mapping]]] = ..., fast: _Optional[_Iterable[_Union[FastResult, _Mapping]]] = ..., node_id: _Optional[str] = ..., sequence: _Optional[int] = ..., sent_ns: _Optional[int] = ...) -> None: ...
+    batch_id: str
+    def __init__(self, flows: _Optional[_Iterable[_Union[FlowRecord, _Mapping]]] = ..., fast: _Optional[_Iterable[_Union[FastResult, _Mapping]]] = ..., node_id: _Optional[str] = ..., sequence: _Optional[int] = ..., sent_ns: _Optional[int] = ..., batch_id: _Optional[str] = ...) -> None: ...
