@@ -95,7 +95,7 @@ def main() -> int:
 
     runs = a.runs or (1 if a.quick else 10)
     names = [n for n in a.scenarios.split(",") if n] or (
-        ["portscan", "synflood", "smb-sweep"] if a.quick else [*FAST, "slow-scan"]
+        ["portscan", "synflood", "smb-sweep"] if a.quick else [*FAST, "ssh-bruteforce-paced", "slow-scan"]
     )
     settle_s, block_timeout_s = (1.0, 5.0) if a.quick else (4.0, 10.0)
     for n in names:

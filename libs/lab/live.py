@@ -556,7 +556,9 @@ def print_where(lab: LabSettings) -> None:
     print(f"  sniffer    XDP (generic) on {SPAN_RX} in {NS_SWITCH}, a mirror of the victim's port")
     print(f"  firewall   nftables table inet {TABLE} inside {NS_VICTIM}:")
     print(f"             ip netns exec {NS_VICTIM} nft list set inet {TABLE} ban_v4")
-    print("  attack     mld-lab attack {portscan,synflood,smb-sweep,ssh-bruteforce,slow-scan,mixed}")
+    print(
+        "  attack     mld-lab attack {portscan,synflood,smb-sweep,ssh-bruteforce,ssh-bruteforce-paced,slow-scan,mixed}"
+    )
     print("  status     make status-lab      logs  make logs-lab")
     for svc in SERVICES:
         print(f"  metrics    http://127.0.0.1:{p.metrics(svc)}/metrics   ({svc})")
