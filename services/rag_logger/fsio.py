@@ -28,9 +28,8 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def write_new(path: str, data: bytes) -> int:
-    """Create (or truncate) `path`, write all of `data`, and return the still-open descriptor."""
-    fd = os.open(path, _OPEN_NEW, 0o644)
+def _filled(fd: int, data: bytes) -> int:
+    """Write all of `data` to the new file `fd` and return it open; closed again on failure."""
     try:
         n = os.write(fd, data)
         if n != len(data):
@@ -39,19 +38,16 @@ def write_new(path: str, data: bytes) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def write_new(path: str, data: bytes) -> int:
+    """Create (or truncate) `path`, write all of `data`, and return the still-open descriptor."""
+    return _filled(os.open(path, _OPEN_NEW, 0o644), data)
 
 
 def write_anon(directory: str, data: bytes) -> int:
     """An unnamed file in `directory` (O_TMPFILE) holding `data`; open descriptor returned."""
-    fd = os.open(directory, _OPEN_ANON, 0o644)
-    try:
-        n = os.write(fd, data)
-        if n != len(data):
-            write_all(fd, memoryview(data)[n:])
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _filled(os.open(directory, _OPEN_ANON, 0o644), data)
 
 
 def link_fd(fd: int, path: str) -> None:
