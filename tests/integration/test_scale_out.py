@@ -33,6 +33,7 @@ from prometheus_client import REGISTRY
 from helpers import free_port, wait_for
 from libs.common import curve
 from libs.common.curve import CurveSettings
+from libs.common.errors import ConfigError
 from libs.common.workq import WorkReceiver, WorkSender, event_id_for
 from libs.common.zmqio import ReliableSettings, SocketSettings
 from libs.etcd_client.cli import main as config_main
@@ -433,7 +434,16 @@ def test_sender_restart_asks_workers_to_announce_again() -> None:
     try:
         wait_for(lambda: s.workers() == 1, 5, what="READY")
         s.close()
-        s = _sender(ep, ctx)  # a new sniffer process on the same endpoint knows no worker
+
+        def rebound() -> WorkSender | None:
+            # libzmq releases the closed socket's port from its I/O thread, a moment later
+            try:
+                return _sender(ep, ctx)
+            except ConfigError:
+                return None
+
+        s = wait_for(rebound, 5, interval=0.05, what="a new sender bound to the same endpoint")
+        # a new sniffer process on the same endpoint knows no worker
         wait_for(lambda: r.recv(10) is None and s.workers() == 1, 5, interval=0, what="RESET, READY")
         s.send(flow_pb2.FlowBatch(sequence=7))
         assert _take(r, 1) == [7]
