@@ -3,93 +3,30 @@ and changes the decision of the next flow; an invalid document leaves it decidin
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.detector import decide, detector_config, peers
 from fixtures.etcd import EtcdServer, ServiceProcess, TcpProxy, config_key, read_status
 
-from helpers import REPO, free_port, wait_for
-from libs.common.events import enum_name, ip_bytes
-from libs.common.zmqio import Puller, Pusher, SocketSettings
-from ml_defender.v1 import detection_pb2, flow_pb2
+from helpers import wait_for
+from libs.common.events import enum_name
+from ml_defender.v1 import detection_pb2
 
 pytestmark = pytest.mark.integration
 NODE = "det-test"
 KEY = config_key("ml-detector")
 
 
-def batch(seq: int) -> flow_pb2.FlowBatch:
-    rec = flow_pb2.FlowRecord(
-        flow_id=seq,
-        key=flow_pb2.FlowKey(
-            src_addr=ip_bytes("198.18.0.10"),
-            dst_addr=ip_bytes("198.18.1.20"),
-            src_port=40000 + seq,
-            dst_port=80,
-            protocol=6,
-        ),
-        first_seen_ns=1_000_000_000 * seq,
-        last_seen_ns=1_000_000_000 * seq + 1000,
-    )
-    return flow_pb2.FlowBatch(
-        flows=[rec], fast=[flow_pb2.FastResult(score=0.0)], node_id="test", sequence=seq
-    )
-
-
-def detector_config() -> dict[str, Any]:
-    ports = {name: free_port() for name in ("input", "firewall", "rag_logger")}
-    return {
-        "node_id": NODE,
-        "input": {"endpoint": f"tcp://127.0.0.1:{ports['input']}"},
-        "firewall": {"endpoint": f"tcp://127.0.0.1:{ports['firewall']}"},
-        "rag_logger": {"endpoint": f"tcp://127.0.0.1:{ports['rag_logger']}"},
-        "metrics": {"port": 0},
-        "batch": {"max_wait_ms": 1},
-    }
-
-
-@contextlib.contextmanager
-def peers(cfg: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The detector's neighbours, bound by the test: a sniffer PUSH and firewall/rag-logger PULLs."""
-    if not (REPO / "models" / "ddos" / "model.txt").exists():
-        pytest.skip("trained models not present (make train)")
-    sniffer = Pusher("test", SocketSettings(endpoint=cfg["input"]["endpoint"], bind=True))
-    firewall = Puller(
-        "test",
-        SocketSettings(endpoint=cfg["firewall"]["endpoint"], bind=True),
-        {"ml_defender.v1.DetectionEvent": detection_pb2.DetectionEvent},
-    )
-    rag = Puller(
-        "test",
-        SocketSettings(endpoint=cfg["rag_logger"]["endpoint"], bind=True),
-        {"ml_defender.v1.DetectionEvent": detection_pb2.DetectionEvent},
-    )
-    try:
-        yield {"sniffer": sniffer, "firewall": firewall}
-    finally:
-        for s in (sniffer, firewall, rag):
-            s.close()
-
-
 @pytest.fixture
 def detector(etcd_server: EtcdServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    cfg = detector_config()
+    cfg = detector_config(NODE)
     with peers(cfg) as d, ServiceProcess("ml-detector", cfg, tmp_path, etcd_server) as proc:
         wait_for(lambda: proc.alive() and status(etcd_server), 60, what="detector up and reporting to etcd")
         yield dict(d, proc=proc)
-
-
-def decide(d: dict[str, Any], seq: int) -> detection_pb2.DetectionEvent:
-    d["proc"].alive()
-    # no peer yet (the detector loads its models after reading etcd): a PUSH without peers keeps nothing
-    wait_for(lambda: d["sniffer"].send(batch(seq)), 60, what="detector connected to the sniffer endpoint")
-    ev = wait_for(lambda: d["firewall"].recv(100), 20, what=f"event for flow {seq}")
-    assert isinstance(ev, detection_pb2.DetectionEvent)
-    return ev
 
 
 def status(server: EtcdServer) -> dict[str, Any]:
@@ -137,7 +74,7 @@ def test_detector_decides_through_an_etcd_outage_and_restarts_from_the_cache(
 ) -> None:
     """The detector reaches etcd through a relay the test cuts: an edit made during the outage is
     applied on reconnect; a restart while etcd is unreachable starts from the cached edit."""
-    cfg = detector_config()
+    cfg = detector_config(NODE)
 
     def decision(d: dict[str, Any], seq: int) -> str:
         return enum_name(detection_pb2.Decision, decide(d, seq).decision)

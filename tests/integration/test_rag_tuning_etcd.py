@@ -7,15 +7,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fixtures.detector import decide, detector_config, peers
 from fixtures.etcd import EtcdServer, ServiceProcess, read_status
 
-from helpers import REPO, free_port, wait_for
-from libs.common.events import ip_bytes
-from libs.common.zmqio import Puller, Pusher, SocketSettings
+from helpers import REPO, wait_for
 from libs.etcd_client import EtcdClient
-from ml_defender.v1 import detection_pb2, flow_pb2
 from services.ml_detector.config import DetectorSettings
 
 MLD_RAG = [sys.executable, "-m", "services.rag"]
@@ -32,29 +31,10 @@ def rag(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
     )
 
 
-def detector_thresholds(sniffer: Pusher, outputs: list[Puller], seq: int) -> tuple[float, float, float, int]:
-    """Send one flow to the running detector; the thresholds (drop, alert, divergence) and config
-    revision its event was decided with."""
-    rec = flow_pb2.FlowRecord(
-        flow_id=seq,
-        key=flow_pb2.FlowKey(
-            src_addr=ip_bytes("198.18.0.10"), dst_addr=ip_bytes("198.18.1.20"), src_port=40000 + seq,
-            dst_port=80, protocol=6,
-        ),
-        first_seen_ns=1_000_000_000 * seq,
-        last_seen_ns=1_000_000_000 * seq + 1000,
-    )  # fmt: skip
-    batch = flow_pb2.FlowBatch(flows=[rec], fast=[flow_pb2.FastResult(score=0.0)], node_id="t", sequence=seq)
-    wait_for(lambda: sniffer.send(batch), 60, what="detector connected to the sniffer endpoint")
-
-    def event() -> detection_pb2.DetectionEvent | None:
-        for out in outputs:
-            ev = out.recv(50)
-            if isinstance(ev, detection_pb2.DetectionEvent) and ev.flow.flow_id == seq:
-                return ev
-        return None
-
-    ev = wait_for(event, 20, what=f"the detector's event for flow {seq}")
+def thresholds(d: dict[str, Any], seq: int) -> tuple[float, float, float, int]:
+    """The thresholds (drop, alert, divergence) and config revision the running detector decided
+    its next flow with."""
+    ev = decide(d, seq)
     t = ev.thresholds
     return round(t.drop, 6), round(t.alert, 6), round(t.divergence, 6), ev.config_revision
 
@@ -63,48 +43,29 @@ def detector_thresholds(sniffer: Pusher, outputs: list[Puller], seq: int) -> tup
 def test_accelerate_then_decelerate_applied_live_and_audited(etcd_server: EtcdServer, tmp_path: Path) -> None:
     """Each step is applied by a running `mld-detector run` (the next flow is decided with it),
     and decelerate returns the thresholds to where they were."""
-    if not (REPO / "models" / "ddos" / "model.txt").exists():
-        pytest.skip("trained models not present (make train)")
     client = EtcdClient(etcd_server.url)
-    ports = {n: f"tcp://127.0.0.1:{free_port()}" for n in ("input", "firewall", "rag_logger")}
-    cfg = {
-        "node_id": "node-t",
-        "input": {"endpoint": ports["input"]},
-        "firewall": {"endpoint": ports["firewall"]},
-        "rag_logger": {"endpoint": ports["rag_logger"]},
-        "metrics": {"port": 0},
-        "batch": {"max_wait_ms": 1},
-    }
-    types = {"ml_defender.v1.DetectionEvent": detection_pb2.DetectionEvent}
-    sniffer = Pusher("test", SocketSettings(endpoint=ports["input"], bind=True))
-    outputs = [
-        Puller("test", SocketSettings(endpoint=ports[n], bind=True), types)
-        for n in ("firewall", "rag_logger")
-    ]
-    try:
-        with ServiceProcess("ml-detector", cfg, tmp_path, etcd_server) as det:
-            wait_for(lambda: det.alive() and read_status(etcd_server, "node-t", "ml-detector"), 60,
-                     what="detector up and reporting to etcd")  # fmt: skip
-            start = detector_thresholds(sniffer, outputs, 1)
-            assert start[:3] == (0.7, 0.5, 0.3), start
-            r = rag("accelerate", "--yes", "--etcd", etcd_server.url, "--reason", "test")
-            assert r.returncode == 0, r.stderr
-            assert "thresholds.drop: 0.7 -> 0.65" in r.stdout
-            rev = client.get_kv("config/ml-detector").mod_revision  # type: ignore[union-attr]
-            wait_for(lambda: read_status(etcd_server, "node-t", "ml-detector").get("revision") == rev, 10,
-                     what="accelerate applied by the running detector")  # fmt: skip
-            assert detector_thresholds(sniffer, outputs, 2) == (0.65, 0.45, 0.25, rev)
-            r = rag("decelerate", "--yes", "--json", "--etcd", etcd_server.url)
-            assert r.returncode == 0, r.stderr
-            assert json.loads(r.stdout)["written"][0]["service"] == "ml-detector"
-            rev = client.get_kv("config/ml-detector").mod_revision  # type: ignore[union-attr]
-            wait_for(lambda: read_status(etcd_server, "node-t", "ml-detector").get("revision") == rev, 10,
-                     what="decelerate applied by the running detector")  # fmt: skip
-            assert detector_thresholds(sniffer, outputs, 3) == (*start[:3], rev)
-            det.alive()
-    finally:
-        for sock in (sniffer, *outputs):
-            sock.close()
+    cfg = detector_config("node-t")
+    with peers(cfg) as d, ServiceProcess("ml-detector", cfg, tmp_path, etcd_server) as det:
+        d["proc"] = det
+        wait_for(lambda: det.alive() and read_status(etcd_server, "node-t", "ml-detector"), 60,
+                 what="detector up and reporting to etcd")  # fmt: skip
+        start = thresholds(d, 1)
+        assert start[:3] == (0.7, 0.5, 0.3), start
+        r = rag("accelerate", "--yes", "--etcd", etcd_server.url, "--reason", "test")
+        assert r.returncode == 0, r.stderr
+        assert "thresholds.drop: 0.7 -> 0.65" in r.stdout
+        rev = client.get_kv("config/ml-detector").mod_revision  # type: ignore[union-attr]
+        wait_for(lambda: read_status(etcd_server, "node-t", "ml-detector").get("revision") == rev, 10,
+                 what="accelerate applied by the running detector")  # fmt: skip
+        assert thresholds(d, 2) == (0.65, 0.45, 0.25, rev)
+        r = rag("decelerate", "--yes", "--json", "--etcd", etcd_server.url)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["written"][0]["service"] == "ml-detector"
+        rev = client.get_kv("config/ml-detector").mod_revision  # type: ignore[union-attr]
+        wait_for(lambda: read_status(etcd_server, "node-t", "ml-detector").get("revision") == rev, 10,
+                 what="decelerate applied by the running detector")  # fmt: skip
+        assert thresholds(d, 3) == (*start[:3], rev)
+        det.alive()
     audits = [client.decode(kv) for kv in client.get_prefix("audit/")]
     assert [a["command"] for a in audits] == ["rag accelerate", "rag decelerate"]
     assert audits[0]["reason"] == "test" and audits[0]["changes"]
