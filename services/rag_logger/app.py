@@ -12,6 +12,7 @@ from libs.common.metrics import build_info, start_metrics_server
 from libs.common.zmqio import Puller
 from libs.watcher import ConfigRuntime
 from ml_defender.v1 import config_pb2, detection_pb2
+from services.rag_logger import fsio
 from services.rag_logger.config import METRICS_SERVICE, SERVICE, RagLoggerSettings
 from services.rag_logger.core import Clock, LoggerCore
 
@@ -39,6 +40,7 @@ def run(
         flag.install_signal_handlers()
     server = start_metrics_server(settings.metrics.host, settings.metrics.port)
     build_info(METRICS_SERVICE, package_version(), settings.node_id)
+    fsio.raise_fd_limit()  # group commit holds a group's files open (the writer process does this too)
     core = LoggerCore(settings, clock, on_fatal=lambda exc: flag.set(f"writer failed: {exc!r}"))
     core.start()
     if runtime is not None:

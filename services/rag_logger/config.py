@@ -34,7 +34,7 @@ class CommitSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_batch_events: int = Field(512, ge=1, le=100_000)
+    max_batch_events: int = Field(4096, ge=1, le=100_000)
     max_delay_ms: float = Field(5.0, ge=0.0, le=1000.0, description="wait this long for a batch to fill")
     fsync: bool = Field(True, description="fsync files and directories; false only for benchmarks")
     sync_method: Literal["syncfs", "fdatasync"] = Field(
@@ -43,6 +43,12 @@ class CommitSettings(BaseModel):
         "or one fdatasync per file (when the filesystem is shared with heavy writers)",
     )
     io_threads: int = Field(8, ge=1, le=64, description="threads syncing files with sync_method fdatasync")
+    sync_group_events: int = Field(
+        512,
+        ge=1,
+        le=50_000,
+        description="events per syncfs: the next group is written while one group's syncfs runs",
+    )
 
 
 class StorageSettings(BaseModel):
@@ -78,6 +84,13 @@ class RagLoggerSettings(ServiceSettings):
     metrics: MetricsSettings = MetricsSettings(port=9103)
     artifacts_root: Path = Field(Path("logs/rag/artifacts"), description="relative to the working directory")
     queue_max_events: int = Field(10_000, ge=1, le=10_000_000, description="events waiting for the writer")
+    writer_processes: int = Field(
+        2,
+        ge=0,
+        le=16,
+        description="child processes that create, sync and name the files (events spread over them by "
+        "id), so encoding and file system work use several cores; 0 keeps the writer a thread of the service",
+    )
     keep: KeepPolicy = KeepPolicy()
     commit: CommitSettings = CommitSettings()
     storage: StorageSettings = StorageSettings()
@@ -85,5 +98,5 @@ class RagLoggerSettings(ServiceSettings):
 
 
 HOT_FIELDS: tuple[str, ...] = ("log_level", "keep", "commit", "storage", "jsonl")
-"""Top-level fields applied live; the rest (node_id, input, metrics, artifacts_root, queue_max_events)
-need a restart."""
+"""Top-level fields applied live; the rest (node_id, input, metrics, artifacts_root, queue_max_events,
+writer_processes) need a restart."""

@@ -19,6 +19,10 @@ _FIXES = {
     "read_only": "remount the artifacts filesystem read-write; writing resumes by itself",
     "permission": "give the service's user write access to the artifacts directory; writing resumes by itself",
     "io_error": "check the artifacts filesystem (dmesg, df); writing is retried",
+    "writer_process": "nothing to do: the writer process is restarted and the batch retried; "
+    "if it keeps exiting, check the log and dmesg (out of memory?)",
+    "locked": "stop the other rag-logger writing to this artifacts directory (or give each its own "
+    "artifacts_root); writing starts once the lock is free",
 }
 
 
@@ -29,7 +33,8 @@ class RagLoggerError(MLDefenderError):
 class StorageError(RagLoggerError):
     """The artifacts directory cannot take writes now; the writer blocks and retries.
 
-    `reason` is one of disk_full, read_only, permission, io_error (the label used in metrics).
+    `reason` is one of disk_full, read_only, permission, io_error, writer_process, locked (the label
+    used in metrics).
     """
 
     def __init__(self, reason: str, what: str, where: str) -> None:

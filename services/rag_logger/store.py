@@ -1,12 +1,14 @@
 """The artifacts directory as a durable store: group commit, day rotation, start-up recovery.
 
-Used by exactly one thread (the writer). A commit writes every file of a batch unnamed (O_TMPFILE;
-named temp files where the filesystem lacks it), makes their data durable with one syncfs per group
-(or, with `commit.sync_method: fdatasync`, an fdatasync per file spread over a few I/O threads),
-then names each (.pb, then .json, in batch order) and fsyncs every touched directory once. Data is
-on disk before its name, so a crash or power loss at any moment leaves whole files only: at most one
-.pb whose .json was not named yet (completed from the .pb at start), and, with named temp files,
-temp files (removed at start).
+Used by exactly one thread (the writer; in its own process by default, see writer.py). A commit
+writes every file of a batch unnamed (O_TMPFILE; named temp files where the filesystem lacks it),
+makes their data durable with one syncfs per group of files (or, with `commit.sync_method:
+fdatasync`, an fdatasync per file spread over a few I/O threads), then names each (.pb, then .json,
+in batch order) and fsyncs every touched directory once. With syncfs, the next group is written
+while the previous one's syncfs waits on the device (a helper thread), so the wait does not idle the
+writer. Data is on disk before its name, so a crash or power loss at any moment leaves whole files
+only: at most one .pb whose .json was not named yet (completed from the .pb at start), and, with
+named temp files, temp files (removed at start).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import contextlib
 import logging
 import os
 import resource
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 SyncMethod = Literal["syncfs", "fdatasync"]
 Job = tuple[str, str, bytes]  # directory, final path, data
 Staged = tuple[int, str]  # open descriptor, temp path ("" when the file is unnamed)
+InFlight = tuple[list[Staged], list[Job], "Future[None]"]  # a staged group whose syncfs is running
 
 
 def group_files_for_fd_limit() -> int:
@@ -55,7 +58,7 @@ class CommitResult:
     nbytes: int
 
 
-def recover(root: str, fsync: bool = True) -> Recovery:
+def recover_root(root: str, fsync: bool = True) -> Recovery:
     """Remove temp files and complete half pairs (.pb present, .json missing) under `root`.
 
     Only the writer's own crash leaves these, so this runs before the first write.
@@ -94,6 +97,9 @@ def recover(root: str, fsync: bool = True) -> Recovery:
     return rec
 
 
+recover = recover_root  # the name tests and tools know
+
+
 def _repair(ddir: str, kind: str, rid: str, pb_path: str, fsync: bool) -> None:
     with open(pb_path, "rb") as f:
         pb = f.read()
@@ -127,11 +133,14 @@ class ArtifactStore:
         max_open_jsonl: int = 4,
         io_threads: int = 8,
         sync_method: SyncMethod = "syncfs",
+        sync_group_events: int = 512,
     ) -> None:
         self.root = root
         self.sync_method: SyncMethod = sync_method
-        self.group_files = group_files_for_fd_limit()
+        self.fd_group_limit = group_files_for_fd_limit()
+        self.group_files = min(2 * sync_group_events, self.fd_group_limit)
         self.anon = False  # O_TMPFILE usable under root: decided by prepare()
+        self.link_empty = False  # linkat(AT_EMPTY_PATH) allowed (CAP_DAC_READ_SEARCH): decided by prepare()
         self.clock = clock
         self.fsync = fsync
         self.jsonl = jsonl
@@ -139,6 +148,7 @@ class ArtifactStore:
         self.max_open_jsonl = max_open_jsonl
         self.io_threads = io_threads
         self._pool: ThreadPoolExecutor | None = None
+        self._sync_pool: ThreadPoolExecutor | None = None
         self.ready = False
         self.today = layout.day_of(clock())
         self._dirs: set[str] = set()
@@ -151,6 +161,7 @@ class ArtifactStore:
         jsonl_fsync: bool,
         max_open_jsonl: int,
         sync_method: SyncMethod = "syncfs",
+        sync_group_events: int = 512,
     ) -> None:
         """Apply hot settings (called by the writer thread between batches)."""
         self.fsync, self.jsonl, self.jsonl_fsync, self.max_open_jsonl = (
@@ -160,15 +171,17 @@ class ArtifactStore:
             max_open_jsonl,
         )
         self.sync_method = sync_method
+        self.group_files = min(2 * sync_group_events, self.fd_group_limit)
         if not jsonl:
             self.close_jsonl()
 
-    def prepare(self) -> Recovery:
-        """Create the root and run recovery; StorageError when the directory cannot be used."""
+    def prepare(self, recover: bool = True) -> Recovery:
+        """Create the root and run recovery (unless another writer of the same root does it);
+        StorageError when the directory cannot be used."""
         try:
             os.makedirs(self.root, exist_ok=True)
-            rec = recover(self.root, self.fsync)
-            anon = _anon_files_work(self.root)
+            rec = recover_root(self.root, self.fsync) if recover else Recovery()
+            anon, empty = _anon_files_work(self.root)
         except OSError as exc:
             raise StorageError.from_os(exc, exc.filename or self.root) from None
         m.TEMP_REMOVED.inc(rec.temp_files_removed)
@@ -185,6 +198,7 @@ class ArtifactStore:
                 extra={"root": self.root},
             )
         self.anon = anon
+        self.link_empty = empty
         self.ready = True
         return rec
 
@@ -202,7 +216,10 @@ class ArtifactStore:
 
     def rotate_if_needed(self) -> bool:
         """At a UTC day change: close the older days' .jsonl (fsynced), so only today's stays open."""
-        today = layout.day_of(self.clock())
+        return self.rotate_to(layout.day_of(self.clock()))
+
+    def rotate_to(self, today: str) -> bool:
+        """rotate_if_needed with the day given (by the process that owns the clock)."""
         if today == self.today:
             return False
         log.info("day rotation", extra={"from_day": self.today, "to_day": today})
@@ -212,9 +229,13 @@ class ArtifactStore:
         m.ROTATIONS.inc()
         return True
 
-    def commit(self, batch: list[Record]) -> CommitResult:
+    def commit(self, batch: list[Record], fill: Callable[[Record], object] | None = None) -> CommitResult:
         """Write `batch` durably. On failure no temp file is left and StorageError says why;
-        the caller retries the same Records (their bytes are fixed, so a rewrite is identical)."""
+        the caller retries the same Records (their bytes are fixed, so a rewrite is identical).
+
+        `fill` completes a Record's bytes just before its group is written (the writer process
+        derives the .json there, so that work overlaps the previous group's syncfs).
+        """
         written: list[Record] = []
         dups: list[Record] = []
         seen: set[tuple[str, str]] = set()
@@ -236,27 +257,19 @@ class ArtifactStore:
             todo.append(r)
         if not todo:
             return CommitResult(written, dups, 0)
-        jobs: list[Job] = []  # directory, final path, data; in publish order (.pb before its .json)
         touched: set[str] = set()
-        try:
-            for r in todo:
-                ddir = self._day_dir(r.day)
-                touched.add(ddir)
-                stem = join(ddir, f"{r.kind}_{r.rid}.")
-                jobs.append((ddir, stem + "pb", r.pb))
-                jobs.append((ddir, stem + "json", r.js))
-        except OSError as exc:
-            self._dirs.clear()
-            raise StorageError.from_os(exc, exc.filename or self.root) from None
         where = self.root
         syncfd = -1
         try:
             if self.fsync and self.sync_method == "syncfs":
                 # opened before the files are written, so syncfs reports their write-back errors
                 syncfd = fsio.open_dir(self.root)
-            group = self.group_files
-            for i in range(0, len(jobs), group):
-                self._stage_and_publish(jobs[i : i + group], syncfd)
+            groups = self._groups(todo, touched, fill)
+            if syncfd >= 0:
+                self._pipeline(groups, syncfd)
+            else:
+                for part in groups:
+                    self._stage_and_publish(part, syncfd)
             if self.fsync:
                 for ddir in sorted(touched):
                     where = ddir
@@ -272,6 +285,67 @@ class ArtifactStore:
         written.extend(todo)
         return CommitResult(written, dups, sum(r.size for r in todo))
 
+    def _groups(
+        self, todo: list[Record], touched: set[str], fill: Callable[[Record], object] | None
+    ) -> Iterator[list[Job]]:
+        """The files to write, a group at a time, in publish order (.pb before its .json)."""
+        join = os.path.join
+        per = max(1, self.group_files // 2)
+        for i in range(0, len(todo), per):
+            jobs: list[Job] = []
+            for r in todo[i : i + per]:
+                if fill is not None:
+                    fill(r)
+                ddir = self._day_dir(r.day)
+                touched.add(ddir)
+                stem = join(ddir, f"{r.kind}_{r.rid}.")
+                jobs.append((ddir, stem + "pb", r.pb))
+                jobs.append((ddir, stem + "json", r.js))
+            yield jobs
+
+    def _pipeline(self, groups: Iterator[list[Job]], syncfd: int) -> None:
+        """syncfs mode: build and write group k+1 while group k's syncfs runs in a helper thread,
+        then name group k.
+
+        A group is named only after a syncfs that started once all its files were written has
+        returned, so the order data-before-name holds for each group as in the serial scheme.
+        """
+        inflight: InFlight | None = None
+        try:
+            for part in groups:
+                staged = self._stage(part, False)
+                try:
+                    if inflight is not None:
+                        done, inflight = inflight, None
+                        self._publish_synced(*done)
+                except BaseException:
+                    _discard(staged, 0)
+                    raise
+                if self._sync_pool is None:
+                    self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="rag-logger-sync")
+                inflight = (staged, part, self._sync_pool.submit(fsio.syncfs, syncfd))
+            if inflight is not None:
+                done, inflight = inflight, None
+                self._publish_synced(*done)
+        finally:
+            if inflight is not None:  # an error above: let the syncfs finish (it uses syncfd), drop the files
+                with contextlib.suppress(BaseException):
+                    inflight[2].result()
+                _discard(inflight[0], 0)
+
+    def _publish_synced(self, staged: list[Staged], jobs: list[Job], synced: Future[None] | None) -> None:
+        """Wait for the group's syncfs (when it ran in the helper), then name its files in order."""
+        published = 0
+        try:
+            if synced is not None:
+                synced.result()
+            empty = self.link_empty
+            for (fd, tmp), (_ddir, final, _data) in zip(staged, jobs, strict=True):
+                _publish(fd, tmp, final, empty)
+                published += 1
+        finally:
+            _discard(staged, published)
+
     def _stage_and_publish(self, jobs: list[Job], syncfd: int) -> None:
         """Write one group's files unnamed, make their data durable, then name them in order.
 
@@ -285,7 +359,7 @@ class ArtifactStore:
             if syncfd >= 0:
                 fsio.syncfs(syncfd)
             for (fd, tmp), (_ddir, final, _data) in zip(staged, jobs, strict=True):
-                _publish(fd, tmp, final)
+                _publish(fd, tmp, final, self.link_empty)
                 published += 1
         finally:
             _discard(staged, published)
@@ -321,7 +395,7 @@ class ArtifactStore:
             return 0
         by_day: dict[str, list[bytes]] = {}
         for r in records:
-            if r.kind == "event":
+            if r.kind == "event" and r.js:
                 by_day.setdefault(r.day, []).append(r.js)
         failures = 0
         for day, lines in by_day.items():
@@ -380,26 +454,31 @@ class ArtifactStore:
 
     def close(self) -> None:
         self.close_jsonl()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in (self._pool, self._sync_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._sync_pool = None
 
 
-def _anon_files_work(root: str) -> bool:
-    """Whether O_TMPFILE + linkat via /proc work under `root` (not on every filesystem, nor without /proc)."""
+def _anon_files_work(root: str) -> tuple[bool, bool]:
+    """Whether O_TMPFILE + linkat work under `root` (not on every filesystem, nor without /proc),
+    and whether linkat may name the descriptor directly (AT_EMPTY_PATH, privileged)."""
     try:
         fd = fsio.write_anon(root, b"")
     except OSError:
-        return False
+        return False, False
     probe = os.path.join(root, layout.tmp_name(f"probe-{os.getpid()}"))  # removed at start if we die here
     try:
-        with contextlib.suppress(FileNotFoundError):
+        for empty in (True, False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(probe)
+            try:
+                fsio.link_fd(fd, probe, empty)
+            except OSError:
+                continue
             os.unlink(probe)
-        fsio.link_fd(fd, probe)
-        os.unlink(probe)
-        return True
-    except OSError:
-        return False
+            return True, empty
+        return False, False
     finally:
         os.close(fd)
 
@@ -429,7 +508,7 @@ def _stage_chunk(jobs: list[Job], anon: bool, sync: bool) -> tuple[list[Staged],
     return out, None
 
 
-def _publish(fd: int, tmp: str, final: str) -> None:
+def _publish(fd: int, tmp: str, final: str, empty_path: bool = False) -> None:
     """Name a staged file: rename the temp file, or link the unnamed one.
 
     A link does not replace: a name left by an earlier failed attempt of the same batch (or a .pb
@@ -439,12 +518,12 @@ def _publish(fd: int, tmp: str, final: str) -> None:
         os.rename(tmp, final)
         return
     try:
-        fsio.link_fd(fd, final)
+        fsio.link_fd(fd, final, empty_path)
     except FileExistsError:
         tmp = os.path.join(os.path.dirname(final), layout.tmp_name(os.path.basename(final)))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        fsio.link_fd(fd, tmp)
+        fsio.link_fd(fd, tmp, empty_path)
         os.rename(tmp, final)
 
 

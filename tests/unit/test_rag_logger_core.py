@@ -32,6 +32,7 @@ def settings(root: Path, **kw: object) -> RagLoggerSettings:
     base: dict[str, object] = {
         "artifacts_root": root,
         "storage": {"min_free_bytes": 0, "retry_interval_ms": 20},
+        "writer_processes": 0,  # the writer as a thread: these tests replace its store's commit
     }
     base.update(kw)
     return RagLoggerSettings.model_validate(base)
