@@ -123,6 +123,11 @@ class _Writer:
         core = self.core
         try:
             self.prepare()
+            # the other writers wait for this one's recovery: retry it even with nothing to write
+            while self.index == 0 and len(core.writers) > 1 and not core.recovered.is_set():
+                if self.stopping or self.wake.wait(core.settings.storage.retry_interval_ms / 1000.0):
+                    break
+                self.prepare()
             while True:
                 batch = self.take_batch()
                 if not batch:
@@ -183,7 +188,11 @@ class _Writer:
             try:
                 if not self.store.ready:
                     if self.index > 0 and not core.recovered.is_set():
-                        raise StorageError("io_error", "waiting for start-up recovery", self.store.root)
+                        raise StorageError(
+                            "locked",
+                            "waiting for writer 0's start-up recovery (it waits for the writers' lock)",
+                            self.store.root,
+                        )
                     self.store.prepare(recover=self.index == 0 and not core.recovered.is_set())
                     if self.index == 0:
                         core.recovered.set()

@@ -141,6 +141,7 @@ class RemoteStore:
         self.sent_config: tuple[Any, ...] | None = None
         self.ready = False
         self.restarts = 0
+        self.lock_wait_s = LOCK_WAIT_S
 
     @property
     def pid(self) -> int | None:
@@ -221,6 +222,7 @@ class RemoteStore:
             "index": self.index,
             "io_threads": self.io_threads,
             "log_level": self.log_level,
+            "lock_wait_s": self.lock_wait_s,
         }
         self.conn.send(("init", init))
         log.info(
@@ -298,12 +300,12 @@ def _die_with_parent(parent: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _lock(root: str, exclusive: bool) -> int:
+def _lock(root: str, exclusive: bool, wait_s: float = LOCK_WAIT_S) -> int:
     """Hold `<root>/.writers.lock`: shared while writing, exclusive for start-up recovery.
 
     Recovery must not meet a commit in progress: a writer of a killed service may still be
     finishing a syscall, and another service may be writing the same directory. It waits up to
-    LOCK_WAIT_S for them, then says who holds the lock.
+    `wait_s` for them, then says who holds the lock.
     """
     path = os.path.join(root, LOCK_NAME)
     try:
@@ -312,7 +314,7 @@ def _lock(root: str, exclusive: bool) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise StorageError.from_os(exc, exc.filename or path) from None
-    deadline = time.monotonic() + LOCK_WAIT_S
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
@@ -321,7 +323,9 @@ def _lock(root: str, exclusive: bool) -> int:
             if time.monotonic() >= deadline:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                 os.close(fd)
-                raise StorageError("locked", f"another writer (pid {holder}) holds {path}", path) from None
+                raise StorageError(
+                    "locked", f"another rag-logger writer holds {path} (last recovery by pid {holder})", path
+                ) from None
             time.sleep(0.05)
     if exclusive:
         with contextlib.suppress(OSError), open(path, "w") as f:  # who holds it, for the error above
@@ -333,6 +337,7 @@ class _Child:
     def __init__(self, init: dict[str, Any]) -> None:
         self.root: str = init["root"]
         self.index: int = init["index"]
+        self.lock_wait_s: float = init["lock_wait_s"]
         self.store = ArtifactStore(self.root, time.time_ns, jsonl=False, io_threads=init["io_threads"])
         self.lock_fd = -1
         self.last: list[Record] = []
@@ -343,7 +348,7 @@ class _Child:
         if op == "prepare":
             recover: bool = req[1]
             if self.lock_fd < 0:
-                self.lock_fd = _lock(self.root, exclusive=recover)
+                self.lock_fd = _lock(self.root, recover, self.lock_wait_s)
             rec = self.store.prepare(recover=recover)
             if recover:  # done: let the other writers (shared holders) in
                 fcntl.flock(self.lock_fd, fcntl.LOCK_SH)

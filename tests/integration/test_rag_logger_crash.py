@@ -45,6 +45,7 @@ def child(root: str, seed: int, out_fd: int) -> None:
             "artifacts_root": root,
             "storage": {"min_free_bytes": 0},
             "commit": {"max_batch_events": rng.choice([1, 8, 64, 256]), "max_delay_ms": 2},
+            "writer_processes": rng.choice([0, 1, 2]),  # the writer as a thread, or its processes
         }
     )
 

@@ -62,6 +62,31 @@ def test_encode_event_stamps_logged_time_and_uses_the_event_day() -> None:
 
 
 @pytest.mark.unit
+def test_json_derived_from_the_pb_is_the_same_bytes_as_encoded_directly() -> None:
+    """The writer processes derive each .json from its .pb: it must equal what encode_event makes."""
+    rng = random.Random(21)
+    for i in range(400):
+        ev = make_event(T0 + i * 7_919_000_001, rng, score=rng.random())
+        if i % 3 == 0:
+            ev.flow.key.src_addr = bytes(rng.randrange(256) for _ in range(16))  # IPv6
+        if i % 5 == 0:
+            ev.ClearField("explanation")
+        copy = detection_pb2.DetectionEvent()
+        copy.CopyFrom(ev)
+        direct = layout.encode_event(ev, T0 + i)
+        lazy = layout.encode_event(copy, T0 + i, with_json=False)
+        assert lazy.js == b"" and lazy.pb == direct.pb
+        assert layout.complete_json(lazy) is True
+        assert lazy.js == direct.js
+        assert layout.complete_json(lazy) is False  # already there: left alone
+    change = make_config_change(T0, "chg-9")
+    rec = layout.encode_config(change, T0)
+    again = layout.Record(rec.kind, rec.rid, rec.day, rec.pb, b"")
+    layout.complete_json(again)
+    assert again.js == rec.js
+
+
+@pytest.mark.unit
 def test_event_without_time_goes_to_the_day_it_was_logged() -> None:
     ev = detection_pb2.DetectionEvent(event_id="abc", final_score=0.9)
     assert layout.encode_event(ev, T0 + 10**10).day == "2026-03-02"
