@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -364,17 +364,32 @@ def soak(
 
     core = LoggerCore(settings(root), clock=clock, on_commit=ack)
     stalled = threading.Event()
-    real_commit = core.store.commit
 
-    def commit(batch: list[Record]) -> object:
-        while stalled.is_set():
-            time.sleep(0.01)
-        return real_commit(batch)
+    def stalling(real_commit: Callable[..., object]) -> Callable[..., object]:
+        def commit(batch: list[Record]) -> object:
+            while stalled.is_set():
+                time.sleep(0.01)
+            return real_commit(batch)
 
-    core.store.commit = commit  # type: ignore[method-assign,assignment]
+        return commit
+
+    for st in core.stores:
+        st.commit = stalling(st.commit)  # type: ignore[method-assign,assignment]
     core.start()
+
+    def children_rss_kb() -> int:
+        """The writer processes' RSS: the service's memory is all of it."""
+        total = 0
+        for st in core.stores:
+            pid = getattr(st, "pid", None)
+            if pid:
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+                    total += next((int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")), 0)
+        return total
+
     rng = random.Random(3)
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int]] = []  # RSS of the service and its writer processes
+    own: list[int] = []
     queues: list[int] = []
     heap: list[int] = []
     anon: list[int] = []
@@ -410,12 +425,13 @@ def soak(
         if stalled.is_set() and elapsed >= stall_end:
             stalled.clear()
         if elapsed >= next_sample:
-            samples.append((elapsed, rss_kb()))
+            own.append(rss_kb())
+            samples.append((elapsed, own[-1] + children_rss_kb()))
             queues.append(core.queue_depth())
             heap.append(heap_in_use_kb())
             anon.append(rss_kb("RssAnon"))
             print(
-                f"soak t={elapsed:7.0f} s rss={samples[-1][1]} KiB anon={anon[-1]} KiB "
+                f"soak t={elapsed:7.0f} s rss={samples[-1][1]} KiB (service {own[-1]}) anon={anon[-1]} KiB "
                 f"heap_in_use={heap[-1]} KiB written={written[0]} "
                 f"queue={core.queue_depth()} gc={gc.get_count()} trims={core.memory_trims}",
                 flush=True,
@@ -445,6 +461,8 @@ def soak(
         "soak_rss_first_kb": warm[0][1] if warm else 0,
         "soak_rss_last_kb": samples[-1][1] if samples else 0,
         "soak_rss_max_kb": max((s[1] for s in samples), default=0),
+        "soak_service_rss_last_kb": own[-1] if own else 0,
+        "soak_writer_processes": core.settings.writer_processes,
         "soak_rss_growth_mb_per_h": round(slope, 3),
         "soak_rss_growth_all_samples_mb_per_h": round(fit_slope_mb_per_h(warm), 3),
         "soak_max_growth_mb_per_h": SOAK_MAX_GROWTH_MB_PER_H,

@@ -6,6 +6,7 @@ every other field needs a restart (sockets, metrics endpoint, artifacts root, qu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -75,6 +76,11 @@ class JsonlSettings(BaseModel):
     max_open_files: int = Field(4, ge=1, le=64, description="open .jsonl files kept (one per day written)")
 
 
+def default_writer_processes(cpus: int | None) -> int:
+    """Two writer processes where there are two CPUs to run them; on one CPU they only cost memory."""
+    return 2 if (cpus or 1) >= 2 else 0
+
+
 class RagLoggerSettings(ServiceSettings):
     """Settings of `mld-rag-logger run`."""
 
@@ -85,11 +91,12 @@ class RagLoggerSettings(ServiceSettings):
     artifacts_root: Path = Field(Path("logs/rag/artifacts"), description="relative to the working directory")
     queue_max_events: int = Field(10_000, ge=1, le=10_000_000, description="events waiting for the writer")
     writer_processes: int = Field(
-        2,
+        default_factory=lambda: default_writer_processes(os.cpu_count()),
         ge=0,
         le=16,
-        description="child processes that create, sync and name the files (events spread over them by "
-        "id), so encoding and file system work use several cores; 0 keeps the writer a thread of the service",
+        description="child processes that derive the .json and create, sync and name the files (events "
+        "spread over them by id), so that work uses several cores; 0 keeps the writer a thread of the "
+        "service. Default: 2 with two or more CPUs, 0 on one (each process costs ~30 MB)",
     )
     keep: KeepPolicy = KeepPolicy()
     commit: CommitSettings = CommitSettings()

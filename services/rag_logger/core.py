@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import logging
 import os
 import threading
@@ -29,9 +28,10 @@ from google.protobuf.message import Message
 from ml_defender.v1 import config_pb2, detection_pb2
 from services.rag_logger import fsio, layout
 from services.rag_logger import metrics as m
-from services.rag_logger.config import RagLoggerSettings
+from services.rag_logger.config import SERVICE, RagLoggerSettings
 from services.rag_logger.errors import StorageError
 from services.rag_logger.layout import Record
+from services.rag_logger.memory import release_free_memory
 from services.rag_logger.policy import keep_reason
 from services.rag_logger.store import ArtifactStore
 from services.rag_logger.writer import JsonlSink, RemoteStore
@@ -41,30 +41,6 @@ Clock = Callable[[], int]
 OnCommit = Callable[[list[Record]], None]
 TRIM_AFTER_BACKLOG_EVENTS = 256  # a drained backlog at least this deep hands its free memory back
 TRIM_MIN_INTERVAL_S = 5.0  # a trim after a deep backlog takes 20-40 ms; not more often than this
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc only
-    except (OSError, AttributeError):
-        return None
-    return trim
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def release_free_memory() -> bool:
-    """Return the C heap's free pages to the kernel (glibc malloc_trim); False when unavailable.
-
-    A backlog holds thousands of multi-KB pair buffers (glibc, not Python's small-object allocator)
-    at once; once they are freed, glibc keeps most of those pages because later allocations sit
-    above them in the heap, so RSS would step up after every backlog without this.
-    """
-    if _malloc_trim is None:
-        return False
-    _malloc_trim(0)
-    return True
 
 
 class _Writer:
@@ -302,6 +278,8 @@ class LoggerCore:
             stores = [
                 RemoteStore(*args, index=i, jsonl_sink=self.jsonl, log_level=s.log_level) for i in range(n)
             ]
+            for st in stores:
+                st.service = SERVICE  # type: ignore[union-attr]
         per_writer = -(-self.capacity // len(stores))
         self.writers = [_Writer(self, i, st, per_writer) for i, st in enumerate(stores)]
         self._json_here = n == 0  # writer processes derive each .json from its .pb themselves

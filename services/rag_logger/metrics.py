@@ -14,7 +14,8 @@ mld_rag_logger_events_dropped_total{reason}    lost on purpose, by reason (queue
                                                duplicate, shutdown)
 mld_rag_logger_storage_blocked                 1 while the writer cannot write (any reason)
 mld_rag_logger_disk_full                       1 while the artifacts filesystem is full
-mld_rag_logger_storage_errors_total{reason}    failed commits (disk_full, read_only, permission, io_error)
+mld_rag_logger_storage_errors_total{reason}    failed commits (disk_full, read_only, permission, io_error,
+                                               writer_process, locked)
 mld_rag_logger_disk_free_bytes                 free space seen at the last check
 mld_rag_logger_jsonl_errors_total              failed appends to the daily .jsonl (best effort)
 mld_rag_logger_rotations_total                 day changes seen by the writer

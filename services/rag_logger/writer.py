@@ -42,15 +42,17 @@ from typing import Any
 from libs.common.log import setup_logging
 from services.rag_logger import fsio, layout
 from services.rag_logger import metrics as m
-from services.rag_logger.config import SERVICE
 from services.rag_logger.errors import StorageError
 from services.rag_logger.layout import Record
+from services.rag_logger.memory import release_free_memory
 from services.rag_logger.store import ArtifactStore, CommitResult, Recovery, SyncMethod
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".writers.lock"
 LOCK_WAIT_S = 10.0  # an old child still finishing a syscall after its service was killed
 CLOSE_WAIT_S = 30.0
+TRIM_AFTER_EVENTS = 256  # a child trims its heap after a batch this big (the batch's buffers are freed)
+TRIM_MIN_INTERVAL_S = 5.0
 _PR_SET_PDEATHSIG = 1
 # counters ArtifactStore increments; the child sends their increments back with every reply
 RELAYED: dict[str, Any] = {"temp_removed": m.TEMP_REMOVED, "pairs_repaired": m.PAIRS_REPAIRED}
@@ -142,6 +144,7 @@ class RemoteStore:
         self.ready = False
         self.restarts = 0
         self.lock_wait_s = LOCK_WAIT_S
+        self.service = "rag-logger"  # the log lines' service name (the child does not load the settings)
 
     @property
     def pid(self) -> int | None:
@@ -223,6 +226,7 @@ class RemoteStore:
             "io_threads": self.io_threads,
             "log_level": self.log_level,
             "lock_wait_s": self.lock_wait_s,
+            "service": self.service,
         }
         self.conn.send(("init", init))
         log.info(
@@ -341,6 +345,7 @@ class _Child:
         self.store = ArtifactStore(self.root, time.time_ns, jsonl=False, io_threads=init["io_threads"])
         self.lock_fd = -1
         self.last: list[Record] = []
+        self.trimmed_at = 0.0
         self.reported = _counts()  # relayed counters as last sent to the service
 
     def handle(self, req: tuple[Any, ...]) -> Any:
@@ -395,6 +400,16 @@ class _Child:
             self.reported = now
             if op == "close":
                 return
+            if op == "commit":
+                self.after_commit(len(req[1]))
+
+    def after_commit(self, n: int) -> None:
+        """After a big batch (a backlog), hand its freed buffers back: RSS would step up otherwise."""
+        self.last = []
+        now = time.monotonic()
+        if n >= TRIM_AFTER_EVENTS and now - self.trimmed_at >= TRIM_MIN_INTERVAL_S:
+            self.trimmed_at = now
+            release_free_memory()
 
 
 def main(argv: list[str]) -> int:
@@ -406,7 +421,7 @@ def main(argv: list[str]) -> int:
     except EOFError:
         return 0
     assert op == "init"
-    setup_logging(SERVICE, init["log_level"])
+    setup_logging(init["service"], init["log_level"])
     fsio.raise_fd_limit()
     child = _Child(init)
     try:

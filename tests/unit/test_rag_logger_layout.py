@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from datetime import UTC, datetime
 
@@ -14,7 +15,7 @@ from libs.common.events import event_to_dict
 from libs.common.settings import validate_settings
 from ml_defender.v1 import detection_pb2
 from services.rag_logger import layout
-from services.rag_logger.config import HOT_FIELDS, KeepPolicy, RagLoggerSettings
+from services.rag_logger.config import HOT_FIELDS, KeepPolicy, RagLoggerSettings, default_writer_processes
 from services.rag_logger.policy import keep_reason
 from services.rag_logger.synth import make_config_change, make_event
 
@@ -114,6 +115,15 @@ def test_config_change_record() -> None:
     rec = layout.encode_config(make_config_change(T0, "c-1"), T0 + 1)
     assert (rec.kind, rec.rid, rec.day) == ("config", "c-1", "2026-03-01")
     assert json.loads(rec.js)["diff"][0]["path"] == "thresholds.drop"
+
+
+@pytest.mark.unit
+def test_writer_processes_default_to_two_where_there_are_two_cpus() -> None:
+    assert [default_writer_processes(c) for c in (None, 1, 2, 4, 64)] == [0, 0, 2, 2, 2]
+    assert RagLoggerSettings().writer_processes == default_writer_processes(os.cpu_count())
+    assert RagLoggerSettings(writer_processes=0).writer_processes == 0
+    with pytest.raises(ValueError):
+        RagLoggerSettings(writer_processes=-1)
 
 
 @pytest.mark.unit
