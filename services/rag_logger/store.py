@@ -29,7 +29,9 @@ from services.rag_logger.layout import Record
 
 log = logging.getLogger(__name__)
 SyncMethod = Literal["syncfs", "fdatasync"]
-Job = tuple[str, str, bytes]  # directory, final path, data
+# directory, final path, data, and for the .pb of a record whose duplicate check is done when its
+# name is linked (a first attempt, unnamed files): that record
+Job = tuple[str, str, bytes, "Record | None"]
 Staged = tuple[int, str]  # open descriptor, temp path ("" when the file is unnamed)
 InFlight = tuple[list[Staged], list[Job], "Future[None]"]  # a staged group whose syncfs is running
 
@@ -149,6 +151,7 @@ class ArtifactStore:
         self.io_threads = io_threads
         self._pool: ThreadPoolExecutor | None = None
         self._sync_pool: ThreadPoolExecutor | None = None
+        self._late_dups: list[Record] = []  # duplicates found while naming, in the current commit
         self.ready = False
         self.today = layout.day_of(clock())
         self._dirs: set[str] = set()
@@ -242,6 +245,10 @@ class ArtifactStore:
         todo: list[Record] = []
         exists = os.path.exists
         join = os.path.join
+        # unnamed files are checked when linked (EEXIST costs nothing; a lookup before costs ~15 us
+        # per event in a large day directory); a rename would replace silently, so check first
+        at_link = self.anon
+        fresh: set[int] = set()
         for r in batch:
             if r.done:
                 written.append(r)
@@ -249,14 +256,17 @@ class ArtifactStore:
             key = (r.kind, r.rid)
             if not r.attempted:
                 r.attempted = True
-                if key in seen or exists(join(self.root, r.day, f"{r.kind}_{r.rid}.json")):
+                if key in seen or (not at_link and exists(join(self.root, r.day, f"{r.kind}_{r.rid}.json"))):
                     dups.append(r)
                     r.done = True
                     continue
+                if at_link:
+                    fresh.add(id(r))
             seen.add(key)
             todo.append(r)
         if not todo:
             return CommitResult(written, dups, 0)
+        self._late_dups = []
         touched: set[str] = set()
         where = self.root
         syncfd = -1
@@ -264,7 +274,7 @@ class ArtifactStore:
             if self.fsync and self.sync_method == "syncfs":
                 # opened before the files are written, so syncfs reports their write-back errors
                 syncfd = fsio.open_dir(self.root)
-            groups = self._groups(todo, touched, fill)
+            groups = self._groups(todo, touched, fill, fresh)
             if syncfd >= 0:
                 self._pipeline(groups, syncfd)
             else:
@@ -280,27 +290,30 @@ class ArtifactStore:
         finally:
             if syncfd >= 0:
                 os.close(syncfd)
+        late = {id(r) for r in self._late_dups}
         for r in todo:
             r.done = True
+        if late:
+            todo = [r for r in todo if id(r) not in late]
+            dups.extend(self._late_dups)
         written.extend(todo)
         return CommitResult(written, dups, sum(r.size for r in todo))
 
     def _groups(
-        self, todo: list[Record], touched: set[str], fill: Callable[[Record], object] | None
+        self, todo: list[Record], touched: set[str], fill: Callable[[Record], object] | None, fresh: set[int]
     ) -> Iterator[list[Job]]:
         """The files to write, a group at a time, in publish order (.pb before its .json)."""
         join = os.path.join
-        per = max(1, self.group_files // 2)
-        for i in range(0, len(todo), per):
+        for lo, hi in _group_bounds(len(todo), max(1, self.group_files // 2)):
             jobs: list[Job] = []
-            for r in todo[i : i + per]:
+            for r in todo[lo:hi]:
                 if fill is not None:
                     fill(r)
                 ddir = self._day_dir(r.day)
                 touched.add(ddir)
                 stem = join(ddir, f"{r.kind}_{r.rid}.")
-                jobs.append((ddir, stem + "pb", r.pb))
-                jobs.append((ddir, stem + "json", r.js))
+                jobs.append((ddir, stem + "pb", r.pb, r if id(r) in fresh else None))
+                jobs.append((ddir, stem + "json", r.js, None))
             yield jobs
 
     def _pipeline(self, groups: Iterator[list[Job]], syncfd: int) -> None:
@@ -335,16 +348,38 @@ class ArtifactStore:
 
     def _publish_synced(self, staged: list[Staged], jobs: list[Job], synced: Future[None] | None) -> None:
         """Wait for the group's syncfs (when it ran in the helper), then name its files in order."""
-        published = 0
+        done = [0]
         try:
             if synced is not None:
                 synced.result()
-            empty = self.link_empty
-            for (fd, tmp), (_ddir, final, _data) in zip(staged, jobs, strict=True):
-                _publish(fd, tmp, final, empty)
-                published += 1
+            self._name_files(staged, jobs, done)
         finally:
-            _discard(staged, published)
+            _discard(staged, done[0])
+
+    def _name_files(self, staged: list[Staged], jobs: list[Job], done: list[int]) -> None:
+        """Name the staged files in order (.pb before its .json); `done[0]` counts those handled.
+
+        A first attempt whose .pb name is taken while its .json exists too is a duplicate (a pair
+        already on disk): neither file is named, and its unnamed files vanish when closed.
+        """
+        empty = self.link_empty
+        skip = False
+        for i, ((fd, tmp), (_ddir, final, _data, rec)) in enumerate(zip(staged, jobs, strict=True)):
+            if skip:
+                skip = False
+            elif rec is not None:
+                try:
+                    fsio.link_fd(fd, final, empty)
+                except FileExistsError:
+                    if os.path.exists(final[: -len("pb")] + "json"):
+                        rec.done = True
+                        self._late_dups.append(rec)
+                        skip = True
+                    else:  # a .pb alone: complete the pair with ours (same event id)
+                        _publish(fd, tmp, final, empty)
+            else:
+                _publish(fd, tmp, final, empty)
+            done[0] = i + 1
 
     def _stage_and_publish(self, jobs: list[Job], syncfd: int) -> None:
         """Write one group's files unnamed, make their data durable, then name them in order.
@@ -354,15 +389,13 @@ class ArtifactStore:
         """
         per_file_sync = self.fsync and syncfd < 0
         staged = self._stage(jobs, per_file_sync)
-        published = 0
+        done = [0]
         try:
             if syncfd >= 0:
                 fsio.syncfs(syncfd)
-            for (fd, tmp), (_ddir, final, _data) in zip(staged, jobs, strict=True):
-                _publish(fd, tmp, final, self.link_empty)
-                published += 1
+            self._name_files(staged, jobs, done)
         finally:
-            _discard(staged, published)
+            _discard(staged, done[0])
 
     def _stage(self, jobs: list[Job], sync: bool) -> list[Staged]:
         """Create and write every file of `jobs` (fdatasync each when `sync`); all or nothing.
@@ -460,6 +493,22 @@ class ArtifactStore:
         self._pool = self._sync_pool = None
 
 
+TAIL_EVENTS = 64  # the last group of a long batch: its syncfs is the one nothing overlaps
+
+
+def _group_bounds(n: int, per: int) -> list[tuple[int, int]]:
+    """Group boundaries over n records: groups of `per`, the last one of a multi-group batch small.
+
+    Each group's syncfs overlaps the building of the next; the last one's does not, and neither
+    does the directory fsync after it, so a small last group shortens the batch's idle tail.
+    """
+    if n <= per:
+        return [(0, n)]
+    cut = n - min(TAIL_EVENTS, per)
+    bounds = [(lo, min(lo + per, cut)) for lo in range(0, cut, per)]
+    return [*bounds, (cut, n)]
+
+
 def _anon_files_work(root: str) -> tuple[bool, bool]:
     """Whether O_TMPFILE + linkat work under `root` (not on every filesystem, nor without /proc),
     and whether linkat may name the descriptor directly (AT_EMPTY_PATH, privileged)."""
@@ -487,7 +536,7 @@ def _stage_chunk(jobs: list[Job], anon: bool, sync: bool) -> tuple[list[Staged],
     """Write one slice of files (never raises): what was staged, and the first error (its own
     half-made file already removed)."""
     out: list[Staged] = []
-    for ddir, final, data in jobs:
+    for ddir, final, data, _rec in jobs:
         tmp = ""
         try:
             if anon:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import random
@@ -16,7 +17,7 @@ from services.rag_logger import fsio, layout
 from services.rag_logger.cli import main
 from services.rag_logger.errors import StorageError
 from services.rag_logger.layout import Record
-from services.rag_logger.store import ArtifactStore, recover
+from services.rag_logger.store import TAIL_EVENTS, ArtifactStore, _group_bounds, recover
 from services.rag_logger.synth import make_config_change, make_event
 from services.rag_logger.verify import repair, verify
 
@@ -56,15 +57,60 @@ def test_commit_writes_whole_pairs_and_jsonl_in_the_event_day(tmp_path: Path) ->
 
 
 @pytest.mark.unit
-def test_an_event_already_on_disk_is_not_rewritten(tmp_path: Path) -> None:
-    st = new_store(tmp_path)
+@pytest.mark.parametrize("anon", [True, False], ids=["checked-when-linked", "checked-before"])
+def test_an_event_already_on_disk_is_not_rewritten(tmp_path: Path, anon: bool) -> None:
+    st = new_store(tmp_path, sync_group_events=2)  # several groups: duplicates in the middle ones
+    st.anon = anon
     recs = records(3)
     st.commit(recs)
-    again = records(3)  # same seed: same ids (uuid7 differs) -> use the same ids explicitly
+    before = {p.name: p.read_bytes() for p in (tmp_path / DAY).iterdir()}
+    again = records(3, seed=5)  # other events (other bytes) under the same ids: a redelivery
     for a, r in zip(again, recs, strict=True):
         a.rid = r.rid
-    result = st.commit([*again, records(1, seed=9)[0]])
-    assert len(result.duplicates) == 3 and len(result.written) == 1
+    new = records(4, seed=9)
+    batch = [new[0], again[0], new[1], again[1], new[2], again[2], new[3]]
+    result = st.commit(batch)
+    assert {r.rid for r in result.duplicates} == {r.rid for r in recs}
+    assert [r.rid for r in result.written] == [r.rid for r in new]
+    assert all(r.done for r in batch)
+    after = {p.name: p.read_bytes() for p in (tmp_path / DAY).iterdir()}
+    assert {k: after[k] for k in before} == before  # the first copies untouched
+    rep = verify(tmp_path)
+    assert (rep.pairs_ok, rep.problems) == (7, [])
+    assert not [n for n in os.listdir(tmp_path / DAY) if layout.is_tmp(n)]
+
+
+@pytest.mark.unit
+def test_group_bounds_cover_the_batch_with_a_small_last_group() -> None:
+    for n in (1, 7, 512, 513, 600, 1100, 4096, 4100):
+        bounds = _group_bounds(n, 512)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+        assert all(0 < hi - lo <= 512 for lo, hi in bounds)
+        if n > 512:
+            assert bounds[-1][1] - bounds[-1][0] == TAIL_EVENTS
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("nth", [1, 3, 8])
+def test_a_syncfs_failing_in_the_pipeline_names_only_whole_pairs_and_the_retry_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nth: int
+) -> None:
+    st = new_store(tmp_path, sync_group_events=8)  # 64 events: 8 groups of 8 (the last is the tail)
+    recs = records(64)
+    calls = _fail_nth(monkeypatch, fsio, "syncfs", nth, errno.EIO)
+    with pytest.raises(StorageError) as info:
+        st.commit(recs)
+    assert info.value.reason == "io_error"
+    rep = verify(tmp_path)
+    # the groups whose syncfs returned are named (whole pairs); the failed one and later ones are not
+    assert rep.problems == [] and rep.pairs_ok == 8 * (nth - 1)
+    assert not [n for n in os.listdir(tmp_path / DAY) if layout.is_tmp(n)]
+    monkeypatch.undo()
+    assert calls["n"] >= nth
+    result = st.commit(recs)
+    assert len(result.written) == 64 and not result.duplicates
+    assert verify(tmp_path).pairs_ok == 64
 
 
 def _fail_nth(monkeypatch: pytest.MonkeyPatch, obj: object, name: str, nth: int, err: int) -> dict[str, int]:
