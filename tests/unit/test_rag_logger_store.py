@@ -305,3 +305,25 @@ def test_without_o_tmpfile_named_temp_files_are_used(tmp_path: Path, monkeypatch
     rep = verify(tmp_path)
     assert (rep.pairs_ok, rep.problems) == (5, [])
     assert not [n for n in os.listdir(tmp_path / DAY) if layout.is_tmp(n)]
+
+
+@pytest.mark.unit
+def test_without_the_privilege_to_link_a_descriptor_the_proc_path_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH (the kernel answers ENOENT without it)."""
+    real = fsio.link_fd
+    used: list[bool] = []
+
+    def link_fd(fd: int, path: str, empty_path: bool = False) -> None:
+        if empty_path:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        used.append(empty_path)
+        real(fd, path, empty_path)
+
+    monkeypatch.setattr(fsio, "link_fd", link_fd)
+    st = new_store(tmp_path)
+    assert st.anon and not st.link_empty
+    assert len(st.commit(records(6)).written) == 6
+    assert used and not any(used)
+    assert verify(tmp_path).pairs_ok == 6
