@@ -138,14 +138,25 @@ class _Writer:
                 if self.stopping:
                     return
         try:
-            self.store.prepare(recover=self.index == 0 and not core.recovered.is_set())
+            self.start_store()
         except StorageError as err:
             core.set_blocked(self, err)
         else:
-            if self.index == 0:
-                core.recovered.set()
             if self.blocked_reason:  # a retried start-up went through
                 core.clear_blocked(self)
+
+    def start_store(self) -> None:
+        """Prepare the store: writer 0 runs start-up recovery, the others start only after it."""
+        core = self.core
+        if self.index > 0 and not core.recovered.is_set():
+            raise StorageError(
+                "locked",
+                "waiting for writer 0's start-up recovery (it waits for the writers' lock)",
+                self.store.root,
+            )
+        self.store.prepare(recover=self.index == 0 and not core.recovered.is_set())
+        if self.index == 0:
+            core.recovered.set()
 
     def write(self, batch: list[Record]) -> None:
         """Commit `batch`, retrying while storage is blocked; give up only at a stop's deadline."""
@@ -165,15 +176,7 @@ class _Writer:
             t0 = time.perf_counter()
             try:
                 if not self.store.ready:
-                    if self.index > 0 and not core.recovered.is_set():
-                        raise StorageError(
-                            "locked",
-                            "waiting for writer 0's start-up recovery (it waits for the writers' lock)",
-                            self.store.root,
-                        )
-                    self.store.prepare(recover=self.index == 0 and not core.recovered.is_set())
-                    if self.index == 0:
-                        core.recovered.set()
+                    self.start_store()
                 core.check_space(self.store.root, s.storage.min_free_bytes)
                 result = self.store.commit(batch)
             except StorageError as err:

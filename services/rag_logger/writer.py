@@ -85,10 +85,6 @@ class JsonlSink:
         self.local = local
         self.lock = threading.Lock()
 
-    @property
-    def today(self) -> str:
-        return self.local.today
-
     def configure(self, jsonl: bool, jsonl_fsync: bool, max_open_jsonl: int) -> None:
         st = self.local
         if (st.jsonl, st.jsonl_fsync, st.max_open_jsonl) != (jsonl, jsonl_fsync, max_open_jsonl):
@@ -130,7 +126,6 @@ class RemoteStore:
         log_level: str = "info",
     ) -> None:
         self.root = root
-        self.clock = clock
         self.index = index
         self.log_level = log_level
         self.io_threads = io_threads
@@ -222,7 +217,6 @@ class RemoteStore:
         self.sent_config = None
         init = {
             "root": self.root,
-            "index": self.index,
             "io_threads": self.io_threads,
             "log_level": self.log_level,
             "lock_wait_s": self.lock_wait_s,
@@ -340,7 +334,6 @@ def _lock(root: str, exclusive: bool, wait_s: float = LOCK_WAIT_S) -> int:
 class _Child:
     def __init__(self, init: dict[str, Any]) -> None:
         self.root: str = init["root"]
-        self.index: int = init["index"]
         self.lock_wait_s: float = init["lock_wait_s"]
         self.store = ArtifactStore(self.root, time.time_ns, jsonl=False, io_threads=init["io_threads"])
         self.lock_fd = -1
